@@ -1,0 +1,222 @@
+"""NIfTI reading and writing, grid geometry, atomic writes.
+
+Everything that opens an image file goes through here, so that every failure names the file
+and the problem (missing, truncated, corrupt, NaN voxels, mismatched grids) and every write is
+atomic (temporary file in the same folder, then ``os.replace``) and never clobbers an input.
+
+Arrays are returned in the voxel order nibabel gives, ``(X, Y, Z)``; spacing is the voxel size
+along those axes in mm (the column norms of the affine).
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+log = logging.getLogger(__name__)
+
+# Phases of one MAMA-MIA case can differ slightly in origin/direction; within this tolerance
+# they are the same grid (REFERENCE.md section 1).
+GRID_TOL = 1e-5
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One 3D image: ``array`` (X, Y, Z), its 4x4 ``affine`` (voxel -> RAS mm) and ``spacing``."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    low = name.lower()
+    for suf in NIFTI_SUFFIXES:
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore
+
+
+def load_nifti(path: str | os.PathLike, dtype=np.float32, nan_policy: str = "raise") -> Volume:
+    """Read a 3D NIfTI file into memory.
+
+    ``nan_policy``: ``"raise"`` (default) rejects NaN/inf voxels with an error naming the file and
+    the count; ``"zero"`` replaces them by 0 with a logged warning.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: image file not found")
+    if nan_policy not in ("raise", "zero"):
+        raise ValueError(f"nan_policy must be 'raise' or 'zero', got {nan_policy!r}")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError,
+            ValueError) as exc:
+        raise ImageError(f"{path}: cannot read NIfTI (truncated or corrupt file?): {exc}") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ImageError(f"{path}: expected a 3D image, got shape {data.shape}")
+    data = data.astype(dtype, copy=False)
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        n_bad = int(bad.sum())
+        if n_bad:
+            if nan_policy == "raise":
+                raise ImageError(f"{path}: {n_bad} NaN/inf voxels (use nan_policy='zero' to zero them)")
+            log.warning("%s: %d NaN/inf voxels set to 0", path, n_bad)
+            data = np.where(bad, 0, data).astype(dtype, copy=False)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return Volume(array=data, affine=affine, spacing=spacing_from_affine(affine), path=path)
+
+
+def load_header(path: str | os.PathLike):
+    """The nibabel image object (lazy: header and affine only) for geometry checks."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: image file not found")
+    try:
+        return nib.load(str(path))
+    except (OSError, EOFError, zlib.error, nib.filebasedimages.ImageFileError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot read NIfTI header: {exc}") from exc
+
+
+def same_grid(affine_a, shape_a, affine_b, shape_b, tol: float = GRID_TOL) -> bool:
+    """True when two grids have the same shape and affines equal within ``tol``."""
+    return tuple(shape_a) == tuple(shape_b) and bool(
+        np.allclose(np.asarray(affine_a), np.asarray(affine_b), atol=tol, rtol=0))
+
+
+def resample_to_grid(array: np.ndarray, src_affine, dst_affine, dst_shape, order: int = 1,
+                     cval: float = 0.0, mode: str = "constant") -> np.ndarray:
+    """Resample ``array`` (on ``src_affine``) onto the grid (``dst_affine``, ``dst_shape``).
+
+    World coordinates are matched exactly: destination voxel v samples source voxel
+    ``inv(src_affine) @ dst_affine @ v``.
+    """
+    m = np.linalg.inv(np.asarray(src_affine, float)) @ np.asarray(dst_affine, float)
+    out = ndimage.affine_transform(array.astype(np.float32, copy=False), m[:3, :3], offset=m[:3, 3],
+                                   output_shape=tuple(int(s) for s in dst_shape), order=order,
+                                   mode=mode, cval=cval)
+    return out
+
+
+def load_phases(paths, reference: int = 0, nan_policy: str = "raise",
+                dtype=np.float32) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """Load several phases into one ``(C, X, Y, Z)`` array on the grid of ``paths[reference]``.
+
+    Phases whose grid differs from the reference by more than ``GRID_TOL`` are resampled onto it
+    (linear interpolation in world coordinates) with a logged warning.
+    Returns ``(array, spacing, affine)`` of the reference grid.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("load_phases: no phase paths given")
+    ref = load_nifti(paths[reference], dtype=dtype, nan_policy=nan_policy)
+    out = np.empty((len(paths),) + ref.shape, dtype=dtype)
+    for i, p in enumerate(paths):
+        vol = ref if i == reference else load_nifti(p, dtype=dtype, nan_policy=nan_policy)
+        if same_grid(vol.affine, vol.shape, ref.affine, ref.shape):
+            out[i] = vol.array
+        else:
+            log.warning("%s: grid differs from %s by more than %g; resampled onto it",
+                        p, paths[reference], GRID_TOL)
+            # phases of one acquisition cover the same field of view: a slightly shifted phase
+            # repeats its edge rather than gaining a black border slice
+            out[i] = resample_to_grid(vol.array, vol.affine, ref.affine, ref.shape, order=1,
+                                      mode="nearest")
+    return out, ref.spacing, ref.affine
+
+
+def _atomic_target(path: Path, overwrite: bool, protected=()) -> None:
+    resolved = path.resolve()
+    if any(resolved == Path(p).resolve() for p in protected):
+        raise ValueError(f"{path}: refusing to overwrite an input file")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes, overwrite: bool = True) -> Path:
+    """Write bytes atomically: a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    _atomic_target(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def save_nifti(path: str | os.PathLike, array: np.ndarray, affine, dtype=None, reference=None,
+               overwrite: bool = False, protected=()) -> Path:
+    """Write a 3D array as NIfTI atomically.
+
+    ``reference``: a nibabel image whose header (qform/sform codes, units) is copied so the output
+    opens with the same geometry as the input it was derived from. ``protected``: paths that must
+    never be overwritten (the inputs). An existing ``path`` is an error unless ``overwrite``.
+    """
+    path = Path(path)
+    if not is_nifti(path):
+        raise ValueError(f"{path}: output name must end in .nii or .nii.gz")
+    _atomic_target(path, overwrite, protected)
+    if dtype is not None:
+        array = np.asarray(array).astype(dtype, copy=False)
+    if reference is not None:
+        header = reference.header.copy()
+        header.set_data_dtype(array.dtype)
+        img = nib.Nifti1Image(array, np.asarray(affine), header=header)
+        img.set_qform(np.asarray(affine), code=int(reference.header["qform_code"]) or 1)
+        img.set_sform(np.asarray(affine), code=int(reference.header["sform_code"]) or 1)
+    else:
+        img = nib.Nifti1Image(array, np.asarray(affine))
+        img.set_qform(np.asarray(affine), code=1)
+        img.set_sform(np.asarray(affine), code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
