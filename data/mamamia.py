@@ -181,28 +181,7 @@ def read_splits(path: Path) -> dict[str, str]:
     return out
 
 
-def load_dataset(root: str | os.PathLike, require_splits: bool = False,
-                 strict_split_ids: bool = True) -> list[Case]:
-    """Discover every case under ``root/images``; sorted by patient id.
-
-    An id listed in the split file without images is an error naming the id (``strict_split_ids``)
-    or a logged warning.
-    """
-    root = Path(root)
-    kids = _ci_children(root)
-    images = kids.get("images")
-    if images is None or not images.is_dir():
-        raise FileNotFoundError(f"{root}: no images/ folder (is this a MAMA-MIA dataset root?)")
-    seg = _ci_children(kids["segmentations"]).get("expert") if "segmentations" in kids else None
-    masks = {io.strip_nifti_suffix(n).upper(): p for n, p in _ci_children(seg).items()
-             if io.is_nifti(n)} if seg else {}
-    info = kids.get("patient_info_files")
-    jsons = {n[:-5].upper(): p for n, p in _ci_children(info).items() if n.endswith(".json")} if info else {}
-    split_path = kids.get("train_test_splits.csv")
-    splits = read_splits(split_path) if split_path else {}
-    if require_splits and not split_path:
-        raise FileNotFoundError(f"{root}: train_test_splits.csv not found")
-
+def _discover_cases(images: Path, masks: dict, jsons: dict, splits: dict) -> list[Case]:
     cases = []
     for folder in sorted(p for p in images.iterdir() if p.is_dir()):
         pid = folder.name.upper()
@@ -233,6 +212,44 @@ def load_dataset(root: str | os.PathLike, require_splits: bool = False,
                           phase_paths=tuple(phases[k] for k in nums), phase_numbers=nums,
                           mask_path=masks.get(pid), json_path=jsons.get(pid), clinical=clinical,
                           acquisition=acq, breast_box=box, split=splits.get(pid)))
+    return cases
+
+
+def load_dataset_from_images(folder: str | os.PathLike) -> list[Case]:
+    """Cases from a bare folder of case folders (``<folder>/<ID>/<id>_000k.nii.gz``), without
+    masks, clinical records or splits (what a user has for new scans)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: input folder not found")
+    cases = _discover_cases(folder, {}, {}, {})
+    if not cases:
+        raise FileNotFoundError(f"{folder}: no case folders with <id>_0000.nii.gz-style phase files")
+    return cases
+
+
+def load_dataset(root: str | os.PathLike, require_splits: bool = False,
+                 strict_split_ids: bool = True) -> list[Case]:
+    """Discover every case under ``root/images``; sorted by patient id.
+
+    An id listed in the split file without images is an error naming the id (``strict_split_ids``)
+    or a logged warning.
+    """
+    root = Path(root)
+    kids = _ci_children(root)
+    images = kids.get("images")
+    if images is None or not images.is_dir():
+        raise FileNotFoundError(f"{root}: no images/ folder (is this a MAMA-MIA dataset root?)")
+    seg = _ci_children(kids["segmentations"]).get("expert") if "segmentations" in kids else None
+    masks = {io.strip_nifti_suffix(n).upper(): p for n, p in _ci_children(seg).items()
+             if io.is_nifti(n)} if seg else {}
+    info = kids.get("patient_info_files")
+    jsons = {n[:-5].upper(): p for n, p in _ci_children(info).items() if n.endswith(".json")} if info else {}
+    split_path = kids.get("train_test_splits.csv")
+    splits = read_splits(split_path) if split_path else {}
+    if require_splits and not split_path:
+        raise FileNotFoundError(f"{root}: train_test_splits.csv not found")
+
+    cases = _discover_cases(images, masks, jsons, splits)
     found = {c.patient_id for c in cases}
     orphans = sorted(set(splits) - found)
     if orphans:
