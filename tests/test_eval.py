@@ -1,0 +1,225 @@
+import csv
+import json
+import math
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import eval as ev
+from conftest import write_tiny_dataset
+from core.metrics import case_metrics
+from data import plots
+
+SPACING = (1.5, 1.5, 2.5)  # write_tiny_dataset default
+# (age, raw menopausal string, density, pcr, center) per case DUKE_000..DUKE_004
+CLINICAL = [(35, "pre", "a", 0, "DUKE"), (45, "peri (perimenopausal)", "b", 1, "DUKE"),
+            (55, "post", None, 1, "DUKE"), (65, None, "a", None, "NACT"), (75, "POST", "b", 0, "NACT")]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """5 cases with varied subgroups and hand-made predictions: 000 perfect, 001 missing,
+    002 shifted 2 voxels along x, 003 shifted 1 along y (lower-case file name), 004 perfect but
+    on a 2x finer grid (a grid mismatch)."""
+    root = write_tiny_dataset(tmp_path / "data", n=5)
+    for i, (age, meno, dens, pcr, center) in enumerate(CLINICAL):
+        (root / "patient_info_files" / f"duke_{i:03d}.json").write_text(json.dumps({
+            "patient_id": f"DUKE_{i:03d}",
+            "clinical_data": {"age": age, "menopausal_status": meno, "breast_density": dens},
+            "primary_lesion": {"pcr": pcr}, "imaging_data": {"dataset": center}}))
+    gts = [np.asarray(nib.load(str(root / "segmentations" / "expert" / f"duke_{i:03d}.nii.gz")).dataobj)
+           for i in range(5)]
+    pred = tmp_path / "pred"
+    seg = pred / "pred_segmentations"
+    seg.mkdir(parents=True)
+    aff = np.diag(list(SPACING) + [1.0])
+    save = lambda a, name, affine=aff: nib.save(nib.Nifti1Image(a.astype(np.uint8), affine),  # noqa: E731
+                                                str(seg / name))
+    preds = {0: gts[0], 2: np.roll(gts[2], 2, axis=0), 3: np.roll(gts[3], 1, axis=1)}
+    save(preds[0], "DUKE_000.nii.gz")
+    save(preds[2], "DUKE_002.nii.gz")
+    save(preds[3], "duke_003.nii.gz")
+    fine = gts[4].repeat(2, 0).repeat(2, 1).repeat(2, 2)  # fine voxel 2i has its centre on voxel i
+    save(fine, "DUKE_004.nii.gz", np.diag([s / 2 for s in SPACING] + [1.0]))
+    return root, pred, gts, preds
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return {r["patient_id"]: r for r in csv.DictReader(fh)}
+
+
+def run(capsys, *args):
+    rc = ev.main(["--split", "all", "--quiet", *map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_seg_cli_values_and_aggregates(cohort, tmp_path, capsys):
+    root, pred, gts, preds = cohort
+    out = tmp_path / "ev"
+    rc, stdout, stderr = run(capsys, "--pred", pred, "--data", root, "--out", out, "--no-plots",
+                             "--subgroups", "age,menopause,density")
+    # the grid mismatch fails DUKE_004 only, naming it; the others are still reported
+    assert rc == 1
+    assert "DUKE_004" in stderr and "--resample-pred" in stderr
+    assert "DUKE_001" in stderr  # the missing-prediction warning
+    rows = read_rows(out / "per_case.csv")
+    assert sorted(rows) == ["DUKE_000", "DUKE_001", "DUKE_002", "DUKE_003"]
+
+    # per-case values equal core.metrics called directly (missing -> empty mask)
+    for i in range(4):
+        want = case_metrics(preds.get(i, np.zeros_like(gts[i])), gts[i], SPACING)
+        r = rows[f"DUKE_{i:03d}"]
+        for k, v in want.items():
+            assert float(r[k]) == pytest.approx(v), (i, k)
+    assert float(rows["DUKE_000"]["dice"]) == 1.0 and float(rows["DUKE_000"]["norm_hd"]) == 0.0
+    assert float(rows["DUKE_001"]["dice"]) == 0.0 and float(rows["DUKE_001"]["norm_hd"]) == 1.0
+    assert rows["DUKE_001"]["hd95"] == "inf" and rows["DUKE_001"]["prediction"] == "missing"
+    assert 0 < float(rows["DUKE_002"]["dice"]) < 1
+    # the raw menopausal string goes through the official grouping ("peri ..." -> pre)
+    assert [rows[f"DUKE_{i:03d}"]["group_menopausal_status"] for i in range(4)] == \
+        ["pre", "pre", "post", "unknown"]
+
+    s = json.loads((out / "summary.json").read_text())
+    assert s["missing_predictions"] == ["DUKE_001"]
+    assert list(s["failed"]) == ["DUKE_004"]
+    d = np.array([float(rows[f"DUKE_{i:03d}"]["dice"]) for i in range(4)])
+    h = np.array([float(rows[f"DUKE_{i:03d}"]["norm_hd"]) for i in range(4)])
+    perf = 0.5 * (d.mean() + 1 - h.mean())
+
+    def fair_v(groups):  # groups: lists of case indices
+        md, mh = [d[g].mean() for g in groups], [h[g].mean() for g in groups]
+        return 1 - 0.5 * ((max(md) - min(md)) + (max(mh) - min(mh)))
+
+    fv = {"age": fair_v([[0], [1], [2], [3]]),               # 35, 45, 55, 65: one bin each
+          "menopausal_status": fair_v([[0, 1], [2], [3]]),  # pre, post, unknown
+          "breast_density": fair_v([[0, 3], [1]])}          # a, b; DUKE_002 missing -> excluded
+    o = s["official"]
+    assert o["n_cases"] == 4 and o["is_official"] is True
+    assert o["mean_dice"] == pytest.approx(d.mean())
+    assert o["performance"] == pytest.approx(perf)
+    for v, x in fv.items():
+        assert o["fairness_per_variable"][v] == pytest.approx(x), v
+    assert o["fairness"] == pytest.approx(np.mean(list(fv.values())))
+    assert o["ranking"] == pytest.approx(0.5 * perf + 0.5 * np.mean(list(fv.values())))
+    ok = d >= 0.5
+    assert s["non_official"]["demographic_parity"]["breast_density"] == \
+        pytest.approx(abs(ok[[0, 3]].mean() - ok[[1]].mean()))
+    centers = {r["group"]: r for r in s["per_center"]}
+    assert centers["DUKE"]["count"] == 3 and centers["NACT"]["count"] == 1
+    assert centers["DUKE"]["dice"] == pytest.approx(d[:3].mean())
+    # printed tables: the official block and aligned rows with counts
+    assert "Performance" in stdout and "By breast_density" in stdout
+    all_row = next(line for line in stdout.splitlines() if line.startswith("all "))
+    assert all_row.split()[1] == "4" and float(all_row.split()[2]) == pytest.approx(d.mean(), abs=1e-4)
+
+
+def test_seg_resample_pred_and_plots(cohort, tmp_path, capsys):
+    root, pred, gts, _ = cohort
+    rc, stdout, _ = run(capsys, "--pred", pred, "--data", root, "--resample-pred",
+                        "--subgroups", "age,density")
+    assert rc == 0
+    out = pred / "evaluation"  # default --out
+    rows = read_rows(out / "per_case.csv")
+    assert rows["DUKE_004"]["prediction"] == "resampled"
+    assert float(rows["DUKE_004"]["dice"]) == 1.0 and float(rows["DUKE_004"]["norm_hd"]) == 0.0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["failed"] == {} and s["official"]["n_cases"] == 5
+    names = sorted(os.path.basename(p) for p in s["plots"])
+    assert names == ["dist_age.png", "dist_breast_density.png", "dist_center.png",
+                     "overlay_best.png", "overlay_median.png", "overlay_worst.png"]
+    for p in s["plots"]:
+        data = open(p, "rb").read()
+        assert data.startswith(PNG) and len(data) > 1000
+    assert "By menopausal_status" not in stdout  # --subgroups chooses the tables shown ...
+    assert set(s["official"]["fairness_per_variable"]) == {  # ... not the official score
+        "age", "menopausal_status", "breast_density"}
+
+
+def test_seg_hd_units_mm_is_labelled(cohort, tmp_path, capsys):
+    root, pred, _, _ = cohort
+    out = tmp_path / "mm"
+    run(capsys, "--pred", pred, "--data", root, "--out", out, "--no-plots", "--hd-units", "mm")
+    rows = read_rows(out / "per_case.csv")
+    assert float(rows["DUKE_002"]["hd95"]) == float(rows["DUKE_002"]["hd95_mm"]) == 3.0  # 2 x 1.5 mm
+    assert json.loads((out / "summary.json").read_text())["official"]["is_official"] is False
+
+
+def test_pcr_task(cohort, tmp_path, capsys):
+    root, pred, _, _ = cohort
+    (pred / "predictions.csv").write_text(
+        "patient_id,pcr,score\nDUKE_000,0,0.1\nduke_001,1,0.9\nDUKE_002,0,0.3\nDUKE_003,1,0.7\n")
+    rc, stdout, stderr = run(capsys, "--task", "pcr", "--pred", pred, "--data", root,
+                             "--subgroups", "density")
+    assert rc == 0 and "DUKE_004" in stderr and "DUKE_003" in stderr
+    out = pred / "evaluation_pcr"
+    s = json.loads((out / "summary.json").read_text())
+    # truth (missing -> 0): 0 1 1 0 0; predictions (missing row -> 0): 0 1 0 1 0
+    # recall(1) = 1/2, recall(0) = 2/3
+    assert s["official"]["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # AUC: positives 0.9, 0.3 vs negatives 0.1, 0.7, 0.0 -> 5 of 6 pairs ordered
+    assert s["non_official"]["auc"] == pytest.approx(5 / 6)
+    assert s["missing_predictions"] == ["DUKE_004"]
+    assert s["missing_truth_counted_as_0"] == ["DUKE_003"]
+    dens = {r["group"]: r for r in s["per_subgroup"]["breast_density"]}
+    assert dens["a"]["balanced_accuracy"] == 0.5 and dens["b"]["balanced_accuracy"] == 1.0
+    rows = read_rows(out / "per_case.csv")
+    assert rows["DUKE_003"]["pcr_true"] == "" and rows["DUKE_003"]["pcr_true_used"] == "0"
+    assert rows["DUKE_004"]["prediction"] == "missing" and float(rows["DUKE_004"]["score"]) == 0.0
+    for p in s["plots"]:
+        assert open(p, "rb").read().startswith(PNG)
+    assert sorted(os.path.basename(p) for p in s["plots"]) == \
+        ["ba_subgroups.png", "reliability.png", "roc.png"]
+    assert "balanced accuracy  0.5833" in stdout
+
+
+def test_pcr_bad_csv_names_the_line(cohort, capsys):
+    root, pred, _, _ = cohort
+    (pred / "predictions.csv").write_text("patient_id,pcr,score\nDUKE_000,2,0.1\n")
+    with pytest.raises(SystemExit, match=r"predictions.csv:2"):
+        ev.main(["--task", "pcr", "--pred", str(pred), "--data", str(root), "--quiet"])
+
+
+def test_user_errors(cohort, tmp_path):
+    root, pred, _, _ = cohort
+    with pytest.raises(SystemExit, match="nowhere"):
+        ev.main(["--pred", str(tmp_path / "nowhere"), "--data", str(root)])
+    with pytest.raises(SystemExit, match="unknown name"):
+        ev.main(["--pred", str(pred), "--data", str(root), "--subgroups", "age,shoe_size"])
+    with pytest.raises(SystemExit, match="inside the input folder"):
+        ev.main(["--pred", str(pred), "--data", str(root), "--out", str(pred / "pred_segmentations" / "x")])
+
+
+def test_latest_prediction_dir(tmp_path):
+    for name, t in (("old", 1_000_000), ("new", 2_000_000), ("nopred", 3_000_000)):
+        (tmp_path / name).mkdir()
+        if name != "nopred":
+            (tmp_path / name / "pred_segmentations").mkdir()
+            os.utime(tmp_path / name / "pred_segmentations", (t, t))
+    assert ev.latest_prediction_dir(tmp_path, "pred_segmentations") == tmp_path / "new"
+    with pytest.raises(SystemExit, match="predictions.csv"):
+        ev.latest_prediction_dir(tmp_path, "predictions.csv")
+
+
+def test_format_table_aligns_and_marks_missing():
+    text = ev.format_table([{"group": "a", "count": 3, "x": 0.5}, {"group": "bbb", "count": 12,
+                                                                  "x": math.inf}],
+                           [("group", ""), ("count", "n"), ("x", "X")], "T")
+    lines = text.splitlines()
+    assert lines[0] == "T" and len({len(x) for x in lines[1:]}) == 1
+    assert lines[-1].split() == ["bbb", "12", "inf"] and lines[-2].split() == ["a", "3", "0.5000"]
+
+
+def test_section_and_roc_points():
+    m = np.zeros((6, 5, 4), bool)
+    m[1:3, 1:3, 1] = True
+    m[1:4, 1:4, 2] = True  # the largest cross-section along z (the thick axis)
+    assert plots.section(m, (1.0, 1.0, 3.0)) == (2, 2)
+    assert plots.section(m, (3.0, 1.0, 1.0))[0] == 0
+    fpr, tpr = plots.roc_points([1, 0, 1, 0], [0.9, 0.8, 0.8, 0.1])
+    # thresholds: 0.9 -> (0, .5); 0.8 (tie, both) -> (.5, 1); 0.1 -> (1, 1)
+    assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1]
