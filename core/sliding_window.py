@@ -1,0 +1,358 @@
+"""Tiled (sliding-window) prediction of a whole volume with a patch-based network.
+
+The behaviour follows nnU-Net v2 inference (``nnunetv2/inference/sliding_window_prediction.py`` and
+``nnUNetPredictor.predict_sliding_window_return_logits``):
+
+- windows on a regular grid per axis (:func:`window_starts`), 50 % overlap by default;
+- each window weighted by a Gaussian importance map with sigma = patch / 8
+  (:func:`gaussian_importance_map`), the weighted sum divided by the summed weights;
+- volumes smaller than the patch are zero-padded symmetrically and cropped back afterwards;
+- flip test-time augmentation over every non-empty subset of the chosen axes plus the identity
+  (2^n passes for n axes), the passes averaged.
+
+What is averaged is a named choice (``average``):
+
+- ``"probabilities"`` (default): softmax per window and per flip, then the Gaussian-weighted mean.
+  Fold ensembles are then the mean of these probabilities, which is what the inference entry point
+  does; it is also what makes ``skip_empty`` and the restricting box exact in probability space.
+- ``"logits"``: nnU-Net v2's choice. It averages raw logits over windows, flips and folds
+  (``predict_logits_from_preprocessed_data``) and applies the softmax once at export. With
+  ``return_logits=True`` the averaged logits come back, so folds can be averaged in logit space too.
+
+nnU-Net accumulates in float16 on the GPU with the Gaussian scaled by 10 to avoid underflow; here
+accumulators are always float32, so the scaling is unnecessary (it cancels in the division).
+
+Speed features beyond nnU-Net, both exact:
+
+- ``skip_empty``: a window whose input is entirely ``background_value`` (all channels) is a constant
+  patch, so the network's answer is the same for every such window. It is computed once and reused.
+- ``box``: windows not intersecting the box are not run at all; output outside the box is background.
+
+The Gaussian map is a product of 1-D Gaussians and the window grid is a Cartesian product, so the
+sum of weights is the outer product of three 1-D sums; no full-size weight volume is stored (for a
+512x512x256 volume this saves 256 MiB).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from typing import Callable, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Logit written outside the restricting box for foreground classes when logits are returned:
+# softmax([0, -1e4]) is exactly one-hot in float32, and the value is finite so averages stay finite.
+_BACKGROUND_LOGIT_GAP = 1.0e4
+# scipy.ndimage.gaussian_filter default truncate; nnU-Net builds its map with gaussian_filter.
+_GAUSSIAN_TRUNCATE = 4.0
+
+Box = tuple[slice, slice, slice]
+
+
+def window_starts(size: int, patch: int, step: float = 0.5) -> list[int]:
+    """First voxel of every window along one axis, nnU-Net v2's rule.
+
+    n = ceil((size - patch) / (patch * step)) + 1 windows, the first at 0, the last at size - patch,
+    the others evenly spaced and rounded (``compute_steps_for_sliding_window``). Example: size 110,
+    patch 64, step 0.5 -> 3 windows at 0, 23, 46. A single window at 0 when size <= patch (the
+    volume is padded to the patch first).
+    """
+    if patch < 1 or size < 1:
+        raise ValueError(f"size and patch must be positive, got size={size}, patch={patch}")
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    if size <= patch:
+        return [0]
+    n = int(math.ceil((size - patch) / (patch * step))) + 1
+    spacing = (size - patch) / (n - 1)
+    # Python's round() is round-half-to-even like np.round, which nnU-Net uses.
+    return [int(round(spacing * i)) for i in range(n)]
+
+
+def _gaussian_1d(patch: int, sigma_scale: float) -> torch.Tensor:
+    """Unnormalised 1-D Gaussian (float64, max 1) as scipy's gaussian_filter yields on a delta.
+
+    nnU-Net puts a delta at ``patch // 2`` (half a voxel off-centre for even sizes) and filters it
+    with truncate=4, so offsets beyond int(4 sigma + 0.5) are exactly zero.
+    """
+    sigma = patch * sigma_scale
+    offsets = torch.arange(patch, dtype=torch.float64) - patch // 2
+    g = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    radius = int(_GAUSSIAN_TRUNCATE * sigma + 0.5)
+    g[offsets.abs() > radius] = 0.0
+    return g
+
+
+def gaussian_importance_map(
+    patch: Sequence[int],
+    sigma_scale: float = 1.0 / 8,
+    value_scaling_factor: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Gaussian weight map of shape ``patch``, max ``value_scaling_factor``, no zeros.
+
+    Reproduces nnU-Net v2 ``compute_gaussian``: a delta at ``p // 2`` per axis blurred with
+    sigma = p * sigma_scale (truncated at 4 sigma), divided by its maximum and multiplied by
+    ``value_scaling_factor`` (nnU-Net passes 10 for its float16 accumulators), cast to ``dtype``,
+    and zeros (beyond the truncation, or float16 underflow) replaced by the smallest nonzero value
+    so that no voxel gets zero total weight.
+    """
+    patch = tuple(int(p) for p in patch)
+    if sigma_scale <= 0:
+        raise ValueError(f"sigma_scale must be positive, got {sigma_scale}")
+    factors = [_gaussian_1d(p, sigma_scale) for p in patch]
+    g = factors[0]
+    for f in factors[1:]:
+        g = g[..., None] * f
+    g = (g / g.max() * value_scaling_factor).to(dtype=dtype, device=device)
+    zero = g == 0
+    if zero.any():
+        g[zero] = g[~zero].min()
+    return g
+
+
+def pad_to_patch(image: torch.Tensor, patch: Sequence[int], value: float = 0.0
+                 ) -> tuple[torch.Tensor, Box]:
+    """Pad (C, X, Y, Z) so every spatial axis is >= patch; return it and the slices undoing it.
+
+    Symmetric as nnU-Net's ``pad_nd_image``: floor(d/2) before, the rest after.
+    """
+    pads, crop = [], []
+    for size, p in zip(image.shape[1:], patch):
+        d = max(p - size, 0)
+        pads.append((d // 2, d - d // 2))
+        crop.append(slice(d // 2, d // 2 + size))
+    if all(a == 0 and b == 0 for a, b in pads):
+        return image, tuple(crop)
+    flat = [v for a, b in reversed(pads) for v in (a, b)]  # F.pad wants the last axis first
+    return torch.nn.functional.pad(image, flat, mode="constant", value=value), tuple(crop)
+
+
+def _check_box(box: Sequence[slice], shape: Sequence[int]) -> list[tuple[int, int]]:
+    if len(box) != len(shape):
+        raise ValueError(f"box needs {len(shape)} slices, got {box!r}")
+    ranges = []
+    for sl, n in zip(box, shape):
+        if not isinstance(sl, slice) or sl.step not in (None, 1):
+            raise ValueError(f"box entries must be slices with step 1, got {box!r}")
+        lo, hi, _ = sl.indices(n)
+        if hi <= lo:
+            raise ValueError(f"box {box!r} is empty for volume shape {tuple(shape)}")
+        ranges.append((lo, hi))
+    return ranges
+
+
+def _predict_tta(net_fn, x, tta_combos, probabilities: bool, autocast_dtype) -> torch.Tensor:
+    """Mean over flips of flip(f(flip(x))), f = softmax(net) or net; (B, K, *patch) float32."""
+    def f(inp):
+        if autocast_dtype is None:
+            out = net_fn(inp)
+        else:
+            with torch.autocast(inp.device.type, dtype=autocast_dtype):
+                out = net_fn(inp)
+        out = out.float()
+        return torch.softmax(out, dim=1) if probabilities else out
+
+    pred = f(x)
+    for dims in tta_combos:
+        pred += torch.flip(f(torch.flip(x, dims)), dims)
+    if tta_combos:
+        pred /= len(tta_combos) + 1
+    return pred
+
+
+def sliding_window_predict(
+    net_fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    patch: Sequence[int],
+    num_classes: int,
+    step: float = 0.5,
+    gaussian: bool = True,
+    window_batch: int = 1,
+    device: torch.device | str | None = None,
+    accum_device: torch.device | str | None = None,
+    tta_axes: Sequence[int] = (),
+    skip_empty: bool = False,
+    background_value: float = 0.0,
+    box: Sequence[slice] | None = None,
+    average: str = "probabilities",
+    return_logits: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Predict a whole (C, X, Y, Z) volume window by window; returns (K, X, Y, Z) float32.
+
+    Args:
+        net_fn: maps (B, C, *patch) to logits (B, K, *patch); called under no_grad. Put the
+            module in eval mode first.
+        image: (C, X, Y, Z) tensor, already preprocessed.
+        patch: window size (px, py, pz).
+        num_classes: K, checked against the network output.
+        step: window stride as a fraction of the patch (0.5 = nnU-Net's 50 % overlap).
+        gaussian: Gaussian importance weighting (nnU-Net default) instead of a plain mean.
+        window_batch: windows per network call.
+        device: where the network runs; default ``image.device``.
+        accum_device: where the (K, X, Y, Z) accumulator lives; default ``device``. Use "cpu"
+            for volumes too large for GPU memory.
+        tta_axes: spatial axes (0, 1, 2 for X, Y, Z) to mirror; all 2^n flip combinations used.
+        skip_empty: reuse one prediction for windows whose input is entirely ``background_value``.
+        background_value: value of every channel outside the body after preprocessing.
+        box: spatial slices (X, Y, Z) of ``image``; windows outside are not run and the output
+            outside is background (class 0 probability 1; logits (0, -1e4, ...)).
+        average: "probabilities" (softmax per window, then mean) or "logits" (nnU-Net v2: mean of
+            logits, softmax at the end).
+        return_logits: with average="logits", return the averaged logits instead of the softmax.
+        autocast_dtype: run the network under torch.autocast with this dtype (e.g. torch.float16
+            on CUDA); accumulation stays float32.
+        channels_last: feed windows in channels_last_3d memory format.
+        progress: called as progress(done, total) after each network batch.
+
+    Returns:
+        (num_classes, X, Y, Z) float32 probabilities (or logits), on ``accum_device``.
+    """
+    image = torch.as_tensor(image)
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
+    patch = tuple(int(p) for p in patch)
+    if len(patch) != 3:
+        raise ValueError(f"patch must have 3 entries, got {patch}")
+    if average not in ("probabilities", "logits"):
+        raise ValueError(f"average must be 'probabilities' or 'logits', got {average!r}")
+    if return_logits and average != "logits":
+        raise ValueError("return_logits=True needs average='logits'")
+    if window_batch < 1:
+        raise ValueError(f"window_batch must be >= 1, got {window_batch}")
+    if any(a not in (0, 1, 2) for a in tta_axes) or len(set(tta_axes)) != len(tta_axes):
+        raise ValueError(f"tta_axes must be distinct values among 0, 1, 2; got {tuple(tta_axes)}")
+    device = torch.device(device) if device is not None else image.device
+    accum_device = torch.device(accum_device) if accum_device is not None else device
+    probabilities = average == "probabilities"
+    dims = [a + 2 for a in sorted(tta_axes)]
+    tta_combos = [c for r in range(1, len(dims) + 1) for c in itertools.combinations(dims, r)]
+
+    shape = tuple(image.shape[1:])
+    box_ranges = _check_box(box, shape) if box is not None else None
+    if accum_device == device:
+        # Image, network and accumulator on one device: no host round trip per window (on CUDA
+        # the loop then queues work asynchronously and only the end synchronises).
+        image = image.to(device)
+    padded, crop = pad_to_patch(image, patch)  # nnU-Net pads with 0 whatever the background
+    pshape = tuple(padded.shape[1:])
+
+    # Per-axis window starts; with a box, only windows intersecting it (in padded coordinates).
+    starts = [window_starts(n, p, step) for n, p in zip(pshape, patch)]
+    if box_ranges is not None:
+        starts = [[s for s in st if s < c.start + hi and s + p > c.start + lo]
+                  for st, p, c, (lo, hi) in zip(starts, patch, crop, box_ranges)]
+    windows = [tuple(slice(s, s + p) for s, p in zip(corner, patch))
+               for corner in itertools.product(*starts)]
+
+    factors = ([_gaussian_1d(p, 1.0 / 8) for p in patch] if gaussian
+               else [torch.ones(p, dtype=torch.float64) for p in patch])
+    weight = (gaussian_importance_map(patch, device=accum_device) if gaussian
+              else torch.ones(patch, device=accum_device))
+
+    if skip_empty:
+        nonempty = padded[0] != background_value  # channel by channel: no (C, X, Y, Z) temporary
+        for c in range(1, padded.shape[0]):
+            nonempty |= padded[c] != background_value
+        flags = torch.stack([nonempty[w].any() for w in windows]).tolist()
+    else:
+        flags = [True] * len(windows)
+    n_todo = sum(flags)
+    log.debug("sliding window: %d windows (%d empty), patch %s, volume %s",
+              len(windows), len(windows) - n_todo, patch, shape)
+
+    acc = torch.zeros((num_classes, *pshape), dtype=torch.float32, device=accum_device)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        pred = _predict_tta(net_fn, x, tta_combos, probabilities, autocast_dtype)
+        if pred.shape[1:] != (num_classes, *patch):
+            raise ValueError(f"network output {tuple(pred.shape)} does not match "
+                             f"(B, {num_classes}, *{patch})")
+        return pred.to(accum_device)
+
+    # no_grad rather than inference_mode: inference tensors cannot be updated in place later,
+    # which callers summing fold predictions would trip over.
+    with torch.no_grad():
+        const_pred = None
+        if n_todo < len(windows):
+            const = torch.full((1, padded.shape[0], *patch), background_value, dtype=padded.dtype)
+            const_pred = run(const)[0]
+        # Windows are accumulated in grid order whatever is skipped or batched, so the float sums
+        # (and hence the output) are bitwise those of the run without skipping.
+        pending, batch, done = [], [], 0
+        for k, (w, f) in enumerate(zip(windows, flags)):
+            pending.append((w, f))
+            if f:
+                batch.append(w)
+            if len(batch) < window_batch and k + 1 < len(windows):
+                continue
+            preds = iter(run(torch.stack([padded[(slice(None), *b)] for b in batch]))
+                         if batch else ())
+            for pw, pf in pending:
+                acc[(slice(None), *pw)].addcmul_(next(preds) if pf else const_pred, weight)
+            if batch:
+                done += len(batch)
+                if progress is not None:
+                    progress(done, n_todo)
+            pending, batch = [], []
+
+        _divide_by_weight_sum(acc, starts, factors)
+        out = acc[(slice(None), *crop)]
+        if out.shape != acc.shape:
+            out = out.contiguous()
+        del acc
+        if probabilities or not return_logits:
+            if not probabilities:
+                _softmax_classes_(out)
+            background = (1.0, 0.0)
+        else:
+            background = (0.0, -_BACKGROUND_LOGIT_GAP)
+        if box_ranges is not None:
+            _fill_outside_box(out, box_ranges, background)
+    return out
+
+
+def _divide_by_weight_sum(acc: torch.Tensor, starts, factors) -> None:
+    """acc /= sum of the weights of all windows, in place.
+
+    The importance map is the product of the 1-D factors (with sigma = p/8 the truncation radius
+    int(p/2 + 0.5) reaches every voxel, so nnU-Net's zero replacement never applies) and the windows
+    form a Cartesian grid, so the weight sum is the outer product of three 1-D sums: divided axis
+    by axis, without a full-size temporary.
+    """
+    assert all(bool((f > 0).all()) for f in factors), "importance map must be separable"
+    for axis, (st, f) in enumerate(zip(starts, factors)):
+        s = torch.zeros(acc.shape[axis + 1], dtype=torch.float64)
+        for start in st:
+            s[start:start + len(f)] += f / f.max()
+        # Voxels no window covers (outside a box) have zero sum and zero weight; leave them 0.
+        s[s == 0] = 1.0
+        acc /= s.to(dtype=torch.float32, device=acc.device).view([-1 if k == axis else 1
+                                                                   for k in range(3)])
+
+
+def _softmax_classes_(x: torch.Tensor) -> None:
+    """Softmax over dim 0 in place; temporaries are one class wide, not K."""
+    x -= x.max(dim=0, keepdim=True).values
+    x.exp_()
+    x /= x.sum(dim=0, keepdim=True)
+
+
+def _fill_outside_box(out: torch.Tensor, ranges: list[tuple[int, int]],
+                      background: tuple[float, float]) -> None:
+    """Set out[0] = background[0], out[1:] = background[1] outside the box, in place."""
+    inner_index = (slice(None), *(slice(lo, hi) for lo, hi in ranges))
+    inner = out[inner_index].clone()
+    out[0] = background[0]
+    out[1:] = background[1]
+    out[inner_index] = inner

@@ -1,0 +1,133 @@
+"""Building blocks shared by the segmentation networks.
+
+Two families live here:
+
+* the plain convolution stage of nnU-Net (conv -> InstanceNorm -> LeakyReLU, repeated), as built by
+  dynamic-network-architectures' ``StackedConvBlocks`` for ``PlainConvUNet``;
+* the MedNeXt v1 blocks (Roy et al., "MedNeXt: Transformer-driven Scaling of ConvNets for Medical
+  Image Segmentation", MICCAI 2023): a ConvNeXt-style residual block with a depthwise k^3
+  convolution, and its strided (down) and transposed (up) variants.
+
+All tensors are ``(B, C, X, Y, Z)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Triple = tuple[int, int, int]
+
+
+def as_triple(value: int | Sequence[int], name: str) -> Triple:
+    """An int or a length-3 sequence of positive ints as a 3-tuple; ValueError naming ``name``."""
+    if isinstance(value, int):
+        value = (value, value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 3 or any(v < 1 for v in value):
+        raise ValueError(f"{name} must be a positive int or 3 positive ints, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def he_init_(module: nn.Module, neg_slope: float = 1e-2) -> None:
+    """nnU-Net's ``InitWeights_He(1e-2)``: Kaiming-normal conv weights (LeakyReLU slope), zero bias."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            nn.init.kaiming_normal_(m.weight, a=neg_slope)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv3d (same padding, bias) -> InstanceNorm3d(eps 1e-5, affine) -> LeakyReLU(0.01).
+
+    nnU-Net v2 defaults (plans: conv_bias true, norm_op_kwargs eps 1e-5 affine, nonlin_kwargs
+    inplace). ``(B, cin, X, Y, Z) -> (B, cout, X/s0, Y/s1, Z/s2)`` for spatial sizes divisible by
+    the stride.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: Triple, stride: Triple):
+        super().__init__(
+            nn.Conv3d(cin, cout, kernel, stride, padding=tuple((k - 1) // 2 for k in kernel), bias=True),
+            nn.InstanceNorm3d(cout, eps=1e-5, affine=True),
+            nn.LeakyReLU(negative_slope=1e-2, inplace=True),
+        )
+
+
+class ConvStack(nn.Sequential):
+    """``n`` ConvNormAct layers; only the first is strided (nnU-Net ``StackedConvBlocks``)."""
+
+    def __init__(self, n: int, cin: int, cout: int, kernel: Triple, stride: Triple):
+        if n < 1:
+            raise ValueError(f"a stage needs at least one convolution, got n={n}")
+        layers = [ConvNormAct(cin, cout, kernel, stride)]
+        layers += [ConvNormAct(cout, cout, kernel, (1, 1, 1)) for _ in range(n - 1)]
+        super().__init__(*layers)
+
+
+class GRN(nn.Module):
+    """Global response normalisation (ConvNeXt V2, Woo et al. 2023), as in MedNeXt's ``grn`` option.
+
+    ``x + gamma * x * N(x) + beta`` with ``N(x) = G / (mean_c G + 1e-6)`` and ``G`` the per-channel
+    L2 norm over the spatial axes. gamma and beta start at zero, so the block starts as identity.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.linalg.vector_norm(x, ord=2, dim=(2, 3, 4), keepdim=True)
+        n = g / (g.mean(dim=1, keepdim=True) + 1e-6)
+        return self.gamma * (x * n) + self.beta + x
+
+
+class MedNeXtBlock(nn.Module):
+    """MedNeXt block: depthwise k^3 conv -> GroupNorm(C groups) -> 1x1 expand (ratio) -> GELU
+    -> [GRN] -> 1x1 project, plus a residual path.
+
+    ``mode``:
+      * ``"same"``: stride 1, ``cin == cout``, identity residual. ``(B,C,X,Y,Z) -> (B,C,X,Y,Z)``.
+      * ``"down"``: stride-2 depthwise conv, residual 1x1x1 stride-2 conv. ``-> (B,cout,X/2,Y/2,Z/2)``.
+      * ``"up"``: stride-2 transposed depthwise conv (padding k//2, so 2n-1 voxels per axis), then one
+        zero voxel padded at the *start* of each axis to reach 2n; the residual 1x1x1 transposed
+        stride-2 conv is padded the same way. This asymmetric pad is what MedNeXt v1's
+        ``MedNeXtUpBlock`` does, kept so trained weights mean the same thing. ``-> (B,cout,2X,2Y,2Z)``.
+    """
+
+    def __init__(self, cin: int, cout: int, ratio: int, kernel: int, mode: str = "same", grn: bool = False):
+        super().__init__()
+        if mode not in ("same", "down", "up"):
+            raise ValueError(f"MedNeXt block mode must be 'same', 'down' or 'up', got {mode!r}")
+        if mode == "same" and cin != cout:
+            raise ValueError(f"a 'same' MedNeXt block keeps its width, got cin={cin} cout={cout}")
+        if kernel % 2 != 1:
+            raise ValueError(f"MedNeXt kernel must be odd, got {kernel}")
+        self.mode = mode
+        stride = 1 if mode == "same" else 2
+        conv = nn.ConvTranspose3d if mode == "up" else nn.Conv3d
+        self.dw = conv(cin, cin, kernel, stride=stride, padding=kernel // 2, groups=cin)
+        self.norm = nn.GroupNorm(num_groups=cin, num_channels=cin)
+        self.expand = nn.Conv3d(cin, ratio * cin, 1)
+        self.act = nn.GELU()
+        self.grn = GRN(ratio * cin) if grn else None
+        self.project = nn.Conv3d(ratio * cin, cout, 1)
+        self.res = None if mode == "same" else conv(cin, cout, 1, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.expand(self.norm(self.dw(x))))
+        if self.grn is not None:
+            y = self.grn(y)
+        y = self.project(y)
+        if self.res is None:
+            return x + y
+        r = self.res(x)
+        if self.mode == "up":
+            # (left, right) per axis, last axis first: one voxel at the start of Z, Y and X.
+            y = F.pad(y, (1, 0, 1, 0, 1, 0))
+            r = F.pad(r, (1, 0, 1, 0, 1, 0))
+        return y + r
