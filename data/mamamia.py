@@ -387,3 +387,18 @@ def summary_table(cases: list[Case], with_images: bool = True) -> str:
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def case_from_paths(patient_id: str, phase_paths, record: dict | None = None, mask_path=None) -> Case:
+    """A Case from an explicit phase list (index 0 = pre-contrast), as the challenge platform
+    hands them over, with the clinical record parsed like a JSON file on disk."""
+    if not phase_paths:
+        raise ValueError(f"{patient_id}: no DCE-MRI phase paths given")
+    center, clinical, acq, box = (None, Clinical(), Acquisition(), None)
+    if record is not None:
+        center, clinical, acq, box = parse_record(record, f"<record of {patient_id}>")
+    pid = str(patient_id).upper()
+    return Case(patient_id=pid, center=center or center_from_id(pid),
+                phase_paths=tuple(Path(p) for p in phase_paths),
+                phase_numbers=tuple(range(len(phase_paths))), mask_path=Path(mask_path) if mask_path else None,
+                clinical=clinical, acquisition=acq, breast_box=box)

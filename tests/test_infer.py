@@ -1,0 +1,203 @@
+"""infer.py: geometry restoration, ensembles, postprocessing, bad input, the submission wrapper."""
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import infer
+import train
+from conftest import write_tiny_dataset
+from core import planner
+from core.metrics import dice
+from data import cache, mamamia
+
+
+class EnhancementNet(nn.Module):
+    """Foreground logit = scaled (phase 1 - phase 0): a stand-in 'model' that finds the blob."""
+
+    def __init__(self, scale=5.0, bias=-10.0):
+        super().__init__()
+        self.scale, self.bias = scale, bias
+
+    def forward(self, x):
+        d = (x[:, 1:2] - x[:, 0:1]) * self.scale + self.bias
+        return torch.cat([-d, d], 1)
+
+
+class ConstNet(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.logit = float(np.log(p / (1 - p)))
+
+    def forward(self, x):
+        z = torch.zeros_like(x[:, :1])
+        return torch.cat([z, z + self.logit], 1)
+
+
+def _plan(cases, spacing=(1.0, 1.0, 1.0)):
+    fp = cache.compute_fingerprint(cases, [0, 1, 2], workers=1, progress=False)
+    return planner.make_plan(fp, channels=(0, 1, 2), spacing=spacing, budget="cpu", archs=("unet",))
+
+
+def _oblique_dataset(root, n=2):
+    """Phases with a sagittal, oblique direction, anisotropic spacing and odd sizes."""
+    write_tiny_dataset(root, n=n, shape=(23, 21, 11), spacing=(0.8, 0.9, 2.3))
+    theta = np.deg2rad(20)
+    rot = np.array([[0, 0, 1], [np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot * np.array([0.8, 0.9, 2.3])
+    aff[:3, 3] = [-40.5, 12.25, 7.0]
+    for f in list(root.rglob("*.nii.gz")):
+        img = nib.load(str(f))
+        out = nib.Nifti1Image(np.asarray(img.dataobj), aff)
+        out.set_qform(aff, code=1)
+        out.set_sform(aff, code=1)
+        nib.save(out, str(f))
+    return root
+
+
+def test_restored_mask_has_input_geometry(tmp_path):
+    root = _oblique_dataset(tmp_path / "ds")
+    cases = mamamia.load_dataset(root)
+    plan = _plan(cases)
+    members = [infer.Member("enh", EnhancementNet().eval(), plan, Path("x"))]
+    out = tmp_path / "out"
+    infer.prepare_output(out, overwrite=False)
+    res = infer.run(cases, members, out, torch.device("cpu"), tta_axes=(0, 1, 2), progress=False)
+    assert res["errors"] == {}
+    for c in cases:
+        ref = nib.load(str(c.phase_path(1)))
+        pred = nib.load(str(out / "pred_segmentations" / f"{c.patient_id}.nii.gz"))
+        assert pred.shape == ref.shape and pred.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-5)
+        np.testing.assert_allclose(pred.header.get_zooms(), ref.header.get_zooms(), atol=1e-6)
+        data = np.asarray(pred.dataobj)
+        assert set(np.unique(data)) <= {0, 1}
+        gt = np.asarray(nib.load(str(c.mask_path)).dataobj)
+        assert dice(data, gt) > 0.8
+    # a second run into the same folder is refused without --overwrite
+    with pytest.raises(SystemExit, match="overwrite"):
+        infer.prepare_output(out, overwrite=False)
+
+
+def test_ensemble_averages_probabilities(tmp_path):
+    root = write_tiny_dataset(tmp_path / "ds", n=1)
+    case = mamamia.load_dataset(root)[0]
+    plan = _plan([case])
+    prepared = infer.preprocess(case, plan, with_mask=False)
+    m = lambda p: infer.Member(str(p), ConstNet(p).eval(), plan, Path("x"))  # noqa: E731
+    prob = infer.predict_case(case, [m(0.2), m(0.5)], prepared, torch.device("cpu"), (), 0.5, 1, False)
+    box = prepared[2].crop_box
+    inside = prob[tuple(slice(a, b) for a, b in box)]
+    np.testing.assert_allclose(inside, 0.35, atol=1e-5)
+    assert prob.shape == prepared[2].original_shape
+    # outside the nonzero crop the prediction is background
+    assert prob[0, 0, 0] == 0.0
+
+
+def test_postprocess_lcc_and_breast_box():
+    prob = np.zeros((10, 10, 10), np.float32)
+    prob[1:4, 1:4, 1:4] = 0.9   # 27 voxels
+    prob[6:8, 6:8, 6:8] = 0.9   # 8 voxels
+    case = mamamia.case_from_paths("DUKE_001", ["a", "b"], {
+        "primary_lesion": {"breast_coordinates": {"x_min": 0, "x_max": 10, "y_min": 0, "y_max": 10,
+                                                  "z_min": 5, "z_max": 10}}})
+    m = infer.postprocess(prob, case, lcc=True, breast_box=False)
+    assert m.sum() == 27 and m[2, 2, 2] == 1
+    assert infer.postprocess(prob, case, lcc=False, breast_box=False).sum() == 35
+    # JSON z indexes SimpleITK axis 0 = our axis 0: the box keeps rows 5..9 of axis 0 only
+    boxed = infer.postprocess(prob, case, lcc=True, breast_box=True)
+    assert boxed.sum() == 8 and boxed[7, 7, 7] == 1
+    assert infer.postprocess(np.zeros_like(prob), case, lcc=True, breast_box=True).sum() == 0
+
+
+def test_box_on_preprocessed_grid():
+    from data.preprocess import CaseMeta
+    meta = CaseMeta("X", (100, 100, 50), (0.5, 0.5, 2.0), tuple(map(tuple, np.eye(4))),
+                    ((10, 90), (0, 100), (0, 50)), (80, 100, 50), (1, 1, 1), (40, 50, 100))
+    box = infer.box_on_preprocessed((slice(20, 40), slice(10, 31), slice(5, 6)), meta)
+    assert box == (slice(5, 15), slice(5, 16), slice(10, 12))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("infer")
+    ds = write_tiny_dataset(tmp / "ds", n=6)
+    train.main(["--data", str(ds), "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"),
+                "--epochs", "1", "--iters", "1", "--val-iters", "0", "--workers", "1", "-q", "--run", "r1"])
+    return tmp, ds
+
+
+def test_cli_end_to_end_and_bad_case(trained):
+    tmp, ds = trained
+    out = tmp / "pred"
+    code = infer.main(["--ensemble", "--runs-dir", str(tmp / "runs"), "--data", str(ds), "--split", "all",
+                       "--output", str(out), "--no-tta", "-q"])
+    assert code == 0
+    manifest = json.loads((out / "predictions_manifest.json").read_text())
+    assert manifest["runs"][0].endswith("r1") and len(manifest["cases"]) == 6
+    assert len(list((out / "pred_segmentations").glob("*.nii.gz"))) == 6
+    # corrupt one case's phase: that case fails with a named error, the others are still written
+    bad = tmp / "ds_bad"
+    shutil.copytree(ds, bad)
+    p = bad / "images" / "DUKE_002" / "duke_002_0002.nii.gz"
+    p.write_bytes(p.read_bytes()[:200])
+    (bad / "images" / "DUKE_003" / "duke_003_0001.nii.gz").unlink()
+    out2 = tmp / "pred_bad"
+    code = infer.main(["--runs", "r1", "--runs-dir", str(tmp / "runs"), "--data", str(bad), "--split", "all",
+                       "--output", str(out2), "--no-tta", "-q"])
+    assert code == 1
+    m2 = json.loads((out2 / "predictions_manifest.json").read_text())
+    assert set(m2["errors"]) == {"DUKE_002", "DUKE_003"}
+    assert "duke_002_0002" in m2["errors"]["DUKE_002"] and "0001" in m2["errors"]["DUKE_003"]
+    assert len(list((out2 / "pred_segmentations").glob("*.nii.gz"))) == 4
+
+
+def test_ensemble_refuses_mixed_preprocessing(trained):
+    tmp, ds = trained
+    other = tmp / "runs" / "r2"
+    shutil.copytree(tmp / "runs" / "r1", other)
+    ck = other / "fold_0" / "checkpoint_final.pt"
+    state = torch.load(ck, weights_only=False)
+    state["plan"]["target_spacing"] = [2.0, 2.0, 2.0]
+    torch.save(state, ck)
+    with pytest.raises(SystemExit, match="different preprocessing"):
+        infer.load_members([tmp / "runs" / "r1", other], True, "final", torch.device("cpu"))
+
+
+class StandInDataset:
+    """What the challenge platform hands to Model(dataset)."""
+
+    def __init__(self, root):
+        self.cases = {c.patient_id: c for c in mamamia.load_dataset(root)}
+
+    def get_patient_id_list(self):
+        return list(self.cases)
+
+    def get_dce_mri_path_list(self, pid):
+        return [str(p) for p in self.cases[pid].phase_paths]
+
+    def read_json_file(self, pid):
+        return json.loads(self.cases[pid].json_path.read_text())
+
+
+def test_submission_wrapper(trained, tmp_path):
+    import submission
+    tmp, ds = trained
+    model = submission.Model(StandInDataset(ds), runs_dir=tmp / "runs", runs=["r1"], tta_axes=())
+    seg = model.predict_segmentation(tmp_path / "sub")
+    files = sorted(p.name for p in seg.glob("*.nii.gz"))
+    assert files == [f"DUKE_{i:03d}.nii.gz" for i in range(6)]
+    # exactly the infer.py code path: identical masks
+    ref = tmp_path / "ref"
+    infer.main(["--runs", "r1", "--runs-dir", str(tmp / "runs"), "--data", str(ds), "--split", "all",
+                "--output", str(ref), "--no-tta", "-q"])
+    for f in files:
+        a = np.asarray(nib.load(str(seg / f)).dataobj)
+        b = np.asarray(nib.load(str(ref / "pred_segmentations" / f)).dataobj)
+        np.testing.assert_array_equal(a, b)
