@@ -68,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run", help="run name (default: derived from arch, kernel and loss)")
     p.add_argument("--runs-dir", default=None, help="folder of runs (default ./runs or $MAMAMIA_RUNS)")
     p.add_argument("--upkern-from", help="initialise from this run's checkpoint of the same fold (UpKern)")
-    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run from its latest checkpoints (starts it if it does not exist)")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N epochs of this invocation (continue later with --resume)")
     p.add_argument("--budget", help="planning budget: cpu, 8GB (default on CUDA), 40GB, 80GB, <n>GB")
@@ -411,9 +412,10 @@ def main(argv=None) -> int:
     run_dir = runs_dir / run_name
     folds = parse_folds(args.fold)
 
+    if args.resume and not (run_dir / "config.json").exists():
+        log.info("--resume: %s does not exist yet; starting it", run_dir)
+        args.resume = False
     if args.resume:
-        if not (run_dir / "config.json").exists():
-            raise SystemExit(f"--resume: {run_dir}/config.json not found")
         cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())).replace(folds=folds)
         plan = planlib.load_plan(run_dir / "plan.json")
         phases = list(plan.channels)

@@ -97,8 +97,28 @@ def test_bad_arguments(ds, tmp_path):
         train.main(_args(ds, tmp_path, "--fold", "7"))
     with pytest.raises(SystemExit, match="training case"):
         train.main(_args(ds, tmp_path, "--centers", "NACT"))
-    with pytest.raises(SystemExit, match="config.json"):
-        train.main(_args(ds, tmp_path, "--run", "never", "--resume"))
+
+
+
+@pytest.mark.slow
+def test_overfit_tiny_dataset(ds, tmp_path):
+    """A few cases, 150 steps: the U-Net must fit its training cases (Dice > 0.9)."""
+    import numpy as np
+    from core.metrics import dice
+    from data import cache
+    args = _args(ds, tmp_path, "--arch", "unet", "--run", "fit", "--augment", "none", "--lr", "0.02")
+    args[args.index("--epochs") + 1] = "6"
+    args[args.index("--iters") + 1] = "25"
+    train.main(args)
+    state = ckptlib.load(tmp_path / "runs" / "fit" / "fold_0" / "checkpoint_final.pt")
+    model = ckptlib.build_from(state)
+    folder = next((tmp_path / "cache").iterdir())
+    scores = []
+    for c in cache.load_cached(folder, state["split"]["train"]):
+        probs = train.sliding_window_predict(model, torch.from_numpy(np.array(c.image)),
+                                             state["plan"]["patch_size"], num_classes=2)
+        scores.append(dice(probs.argmax(0).numpy() == 1, np.asarray(c.label[0]) == 1))
+    assert np.mean(scores) > 0.9, scores
 
 
 @pytest.mark.slow
