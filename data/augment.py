@@ -282,13 +282,6 @@ def center_crop(x: Tensor, out_shape) -> Tensor:
     return x[(slice(None), slice(None)) + tuple(slice(s, s + o) for s, o in zip(start, out_shape))]
 
 
-def resample(image: Tensor, matrix: Tensor, shift: Tensor, out_shape, elastic: Tensor | None = None,
-             mode: str = "bilinear") -> Tensor:
-    """Resample (n, C, *in) at ``sampling_grid`` positions, zeros outside -> (n, C, *out)."""
-    grid = sampling_grid(matrix, shift, image.shape[2:], out_shape, elastic)
-    return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
-
-
 def _elastic_field(coarse: Tensor, out_shape) -> Tensor:
     return F.interpolate(coarse, size=tuple(out_shape), mode="trilinear", align_corners=True)
 

@@ -14,10 +14,12 @@ Where augmentation runs (``augment_on``):
 
 Backends: ``"thread"`` (a thread per worker; numpy copies and torch kernels release the GIL, and
 batches are handed over without copying) or ``"process"`` (``torch.utils.data.DataLoader`` over
-an ``IterableDataset``; batches travel through shared memory). On the 2-core development
-machine, 2 workers, nnU-Net profile, 3x160^3 case, 96^3 patch, batch 2, a consumer that only
-takes batches: thread 6.0 batches/s, process 4.8 batches/s (measured with this module's
-``throughput``; the process backend pays a shared-memory copy per batch).
+an ``IterableDataset``; batches travel through shared memory). Measured with ``throughput`` on
+the 2-core development machine (nnU-Net profile, 3x160^3 case, 96^3 patch, batch 2, 1 torch
+thread, 3 interleaved runs each, machine shared with other jobs, load average ~10):
+1 worker: thread 4.4, process 3.4 batches/s; 2 workers: thread 3.4, process 2.7 batches/s.
+Threads win (no shared-memory copy per batch), and on 2 cores a second worker does not pay,
+hence the defaults: threads, ``os.cpu_count() - 1`` workers (at most 4, at least 1).
 
 ``wait_time`` reports how long the consumer waited for each batch: near 0 means the loader
 keeps up with training.
@@ -25,6 +27,7 @@ keeps up with training.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -97,17 +100,20 @@ class BatchLoader:
         device: where batches are delivered; with ``augment_on="device"`` also where they are
             augmented.
         augment_on: "worker" or "device"; default "device" for CUDA, else "worker".
-        num_workers: producer threads/processes (>= 1); prefetch: batches queued per worker.
+        num_workers: producer threads/processes (>= 1; default cpu_count - 1, clipped to 1..4);
+            prefetch: batches queued per worker.
     Yields:
         image (B, C, *patch_size) float32 and label (B, 1, *patch_size) uint8 on ``device``.
     """
 
     def __init__(self, sampler: PatchSampler, patch_size, profile: str | augment.AugmentProfile = "nnunet", *,
-                 seed: int = 0, num_workers: int = 2, backend: str = "thread", prefetch: int = 2,
+                 seed: int = 0, num_workers: int | None = None, backend: str = "thread", prefetch: int = 2,
                  device: str | torch.device = "cpu", augment_on: str | None = None, label_mode: str = "linear",
                  start: int = 0):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if num_workers is None:
+            num_workers = min(4, max(1, (os.cpu_count() or 2) - 1))
         if num_workers < 1 or prefetch < 1:
             raise ValueError(f"num_workers and prefetch must be >= 1, got {num_workers}, {prefetch}")
         self.device = torch.device(device)
@@ -140,6 +146,7 @@ class BatchLoader:
             try:
                 item = self._producer(i)
             except Exception as err:  # handed to the consumer, which re-raises it
+                log.debug("loader worker %d failed on batch %d", w, i, exc_info=True)
                 item = err
             while not self._stop.is_set():
                 try:
