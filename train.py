@@ -392,8 +392,125 @@ def write_log(path: Path, history: list[dict]) -> None:
 # ----------------------------------------------------------------------------- pCR
 
 def train_pcr(args) -> int:
-    """``--task pcr``: radiomics + kinetic features -> feature selection -> SNN, per fold."""
-    raise SystemExit("--task pcr is not available yet")
+    """``--task pcr``: radiomics + kinetic features -> feature selection -> SNN, per fold.
+
+    Training cases (train split, ``--centers``) with a known pCR and a mask: the expert one, or
+    with ``--masks predicted`` the files in ``--pred DIR``/pred_segmentations (default: the most
+    recent ``predictions/*`` folder). Features are cached in
+    ``<--cache-dir or data/../.cache>/<data>-radiomics/features.csv``. Folds are the segmentation
+    folds (``kfold_splits`` over the training cases with expert masks). Per fold the feature
+    pipeline is fitted once and the SNN and the logistic-regression and random-forest baselines
+    are trained on its output. ``runs/<--run or pcr[_clinical][_predicted]>/`` receives
+    ``pcr_model.pt`` (the SNN fold ensemble with temperature and threshold, for ``infer.py
+    --pcr``), ``report.json`` (cross-fitted metrics of every model, the phantom oracle, selected
+    features), ``oof_predictions.csv`` and ``splits.json``.
+    """
+    import csv as _csv
+    import io as _io
+
+    from core import pcr
+    from data import io as dio
+    from data import radiomics
+    from nets.snn import SNNClassifier
+
+    t0 = time.time()
+    root = resolve_data(args)
+    runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
+    name = args.run or ("pcr" + ("_clinical" if args.clinical else "")
+                        + ("_predicted" if args.masks == "predicted" else ""))
+    run_dir = runs_dir / name
+    cases = mamamia.load_dataset(root)
+    has_split = any(c.split for c in cases)
+    cases = mamamia.select(cases, centers=mamamia.parse_list(args.centers), split="train" if has_split else None)
+    if args.masks == "expert":
+        masks = {c.patient_id: c.mask_path for c in cases if c.mask_path is not None}
+    else:
+        pred = Path(args.pred) if args.pred else None
+        if pred is None:
+            found = sorted((REPO / "predictions").glob("*/pred_segmentations"), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise SystemExit("--masks predicted: no predictions/*/pred_segmentations found; pass --pred DIR")
+            pred = found[-1].parent
+        masks = radiomics.predicted_masks(cases, pred)
+        print(f"predicted masks from {pred}: {len(masks)} of {len(cases)} training case(s)")
+    used = [c for c in cases if c.patient_id in masks and c.clinical.pcr is not None]
+    y = np.array([int(c.clinical.pcr) for c in used], int)
+    if len(used) < 10 or y.min(initial=1) == y.max(initial=0):
+        raise SystemExit(f"{root}: {len(used)} training case(s) with a mask and a known pCR "
+                         f"({int(y.sum())} positive); need at least 10 and both outcomes")
+    print(f"pCR: {len(used)} case(s), {int(y.sum())} pCR, {len(cases) - len(used)} without mask or pCR skipped")
+
+    # the segmentation folds: the same call over the same ids as train.py --task seg
+    fold_ids = sorted({c.patient_id for c in cases if c.mask_path is not None} | {c.patient_id for c in used})
+    splits = kfold_splits(fold_ids, n_splits=5, seed=12345)
+    fold_of = np.array([next(k for k, s in enumerate(splits) if c.patient_id in s["val"]) for c in used])
+    folds = parse_folds(args.fold)
+
+    cache_base = Path(args.cache_dir) if args.cache_dir else root.parent / ".cache"
+    rcfg = radiomics.RadiomicsConfig()
+    table = radiomics.extract_features(used, masks, args.masks, rcfg,
+                                       cache=cache_base / f"{root.name}-radiomics" / "features.csv",
+                                       workers=args.workers, progress=not args.quiet)
+    if not table.valid.all():
+        bad = {i: n for i, n, v in zip(table.ids, table.notes, table.valid) if not v}
+        print(f"{len(bad)} case(s) without usable mask features (imputed): {bad}")
+    records = [radiomics.clinical_record(c) for c in used] if args.clinical else None
+    pcfg = pcr.PipelineConfig(seed=args.seed)
+    snn_params = SNNClassifier().get_params()
+    classifiers = {"snn": lambda s: SNNClassifier(**{**snn_params, "seed": s}), **pcr.BASELINES}
+    t_fit = time.time()
+
+    def fold_done(f):
+        if not args.quiet:
+            print(f"fold {f}: fitted ({time.time() - t_fit:.0f} s)")
+
+    cv = pcr.cross_validate(table.values, y, table.names, fold_of, folds, classifiers, pcfg, records,
+                            ids=table.ids, on_fold=fold_done)
+    metrics = {k: pcr.evaluate(cv.oof[k], y, fold_of, folds) for k in classifiers}
+
+    oracle = None
+    latents = root / "phantom_latents.csv"
+    if latents.exists():
+        with open(latents, newline="") as fh:
+            p_true = {r["patient_id"]: float(r["p_pcr"]) for r in _csv.DictReader(fh)}
+        if all(i in p_true for i in table.ids):
+            oracle = pcr.oracle([p_true[i] for i in table.ids], y, fold_of, folds)
+
+    snn = metrics["snn"]
+    model = pcr.PCRModel(feature_names=table.names, folds=cv.models, classifier="snn",
+                         temperature=snn["temperature"], threshold=snn["threshold"], clinical=args.clinical,
+                         settings={"radiomics": rcfg.to_dict(), "masks": args.masks})
+    config = {"data": str(root), "centers": args.centers, "masks": args.masks, "clinical": args.clinical,
+              "folds": list(folds), "seed": args.seed, "pipeline": pcfg.to_dict(),
+              "snn": {k: list(v) if isinstance(v, tuple) else v for k, v in snn_params.items() if k != "seed"},
+              "radiomics": rcfg.to_dict()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckptlib.save({"format": "mamamia-pcr", "version": 1, "model": model, "config": config}, run_dir / "pcr_model.pt")
+    report = {"config": config, "cases": len(used), "positives": int(y.sum()), "metrics": metrics,
+              "oracle": oracle, "seconds": round(time.time() - t0, 1),
+              "features": {"extracted": len(table.names),
+                           "per_fold": {str(m.fold): m.pipeline.state() for m in cv.models}}}
+    dio.atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
+    dio.atomic_write_text(run_dir / "splits.json", json.dumps(splits, indent=1))
+    buf = _io.StringIO()
+    w = _csv.writer(buf, lineterminator="\n")
+    w.writerow(["patient_id", "fold", "pcr"] + [f"logit_{k}" for k in classifiers])
+    for i, pid in enumerate(table.ids):
+        w.writerow([pid, int(fold_of[i]), int(y[i])] + [repr(float(cv.oof[k][i])) for k in classifiers])
+    dio.atomic_write_text(run_dir / "oof_predictions.csv", buf.getvalue())
+
+    print(f"\n{'model':8s} {'BA':>6s} {'BA@0.5':>7s} {'AUC':>6s} {'ECE':>6s} {'ECE(T)':>7s} {'T':>6s}"
+          f"   (cross-validated, {len(folds)} fold(s), {len(used)} cases)")
+    for k, m in metrics.items():
+        print(f"{k:8s} {m['balanced_accuracy']:6.3f} {m['balanced_accuracy_at_0.5']:7.3f} {m['auc']:6.3f} "
+              f"{m['ece_before']:6.3f} {m['ece_after']:7.3f} {m['temperature']:6.2f}")
+    if oracle is not None:
+        print(f"{'oracle':8s} {oracle['balanced_accuracy']:6.3f} {'':7s} {oracle['auc']:6.3f}   "
+              f"(expected BA {oracle['expected_balanced_accuracy']:.3f})")
+    if len(folds) < 5:
+        print(f"note: {len(folds)} fold(s) trained; --fold all gives the full cross-validation")
+    print(f"pCR model -> {run_dir} ({report['seconds']:.0f} s)")
+    return 0
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,7 @@ Speed features beyond nnU-Net, both exact:
 
 - ``skip_empty``: a window whose input is entirely ``background_value`` (all channels) is a constant
   patch, so the network's answer is the same for every such window. It is computed once and reused.
-- ``box``: windows not intersecting the box are not run at all; output outside the box is background.
+- ``box``: windows not intersecting the box are not run at all; the output outside it is background.
 
 The Gaussian map is a product of 1-D Gaussians and the window grid is a Cartesian product, so the
 sum of weights is the outer product of three 1-D sums; no full-size weight volume is stored (for a

@@ -5,9 +5,6 @@ composes them. Split from ``data.augment`` so each module reads in one sitting.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 Triple = tuple[int, int, int]
 
@@ -68,6 +69,52 @@ class ConvStack(nn.Sequential):
         super().__init__(*layers)
 
 
+class _DepthwiseConv3dFn(torch.autograd.Function):
+    """Stride-1 'same' depthwise conv whose input gradient is computed as a forward depthwise conv
+    with the flipped kernel. On CPU in channels_last_3d that forward kernel is ~100x faster than
+    the input-gradient path of ``convolution_backward`` (measured on the 2-core AVX2 development
+    machine, 16 channels, 2x32^3, 1 thread: k3 74 -> 0.7 ms, k5 290 -> 2.3 ms); the weight and
+    bias gradients still come from ``convolution_backward``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return F.conv3d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        channels = x.shape[1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv3d(grad_out, weight.flip((2, 3, 4)), None, padding=ctx.padding, groups=channels)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, [channels] if ctx.has_bias else None, [1, 1, 1], list(ctx.padding),
+                [1, 1, 1], False, [0, 0, 0], channels,
+                [False, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]])
+        return grad_x, grad_w, grad_b, None
+
+
+class DepthwiseConv3d(nn.Conv3d):
+    """Depthwise k^3 convolution (groups = channels, odd k, stride 1, same padding).
+
+    Same parameters and results as ``nn.Conv3d``; on CPU (outside autocast) the backward pass
+    uses :class:`_DepthwiseConv3dFn`. Elsewhere it is plain ``nn.Conv3d``.
+    """
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__(channels, channels, kernel, stride=1, padding=kernel // 2, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+            return _DepthwiseConv3dFn.apply(x, self.weight, self.bias, self.padding)
+        return super().forward(x)
+
+
 class GRN(nn.Module):
     """Global response normalisation (ConvNeXt V2, Woo et al. 2023), as in MedNeXt's ``grn`` option.
 
@@ -110,7 +157,10 @@ class MedNeXtBlock(nn.Module):
         self.mode = mode
         stride = 1 if mode == "same" else 2
         conv = nn.ConvTranspose3d if mode == "up" else nn.Conv3d
-        self.dw = conv(cin, cin, kernel, stride=stride, padding=kernel // 2, groups=cin)
+        if mode == "same":
+            self.dw = DepthwiseConv3d(cin, kernel)
+        else:
+            self.dw = conv(cin, cin, kernel, stride=stride, padding=kernel // 2, groups=cin)
         self.norm = nn.GroupNorm(num_groups=cin, num_channels=cin)
         self.expand = nn.Conv3d(cin, ratio * cin, 1)
         self.act = nn.GELU()

@@ -50,7 +50,10 @@ def upkern_load(target_model: nn.Module, source_state_dict: Mapping[str, torch.T
     """
     skip = tuple(skip)
     target = target_model.state_dict()
-    is_skipped = lambda key: key.startswith(skip) if skip else False  # noqa: E731
+
+    def is_skipped(key: str) -> bool:
+        return bool(skip) and key.startswith(skip)
+
     extra = [k for k in source_state_dict if k not in target and not is_skipped(k)]
     if extra:
         raise ValueError(f"source has key {extra[0]!r} that the target model lacks ({len(extra)} such keys)")

@@ -171,3 +171,24 @@ def test_activation_elements_equal_hooked_conv_outputs(ds):
     net = tiny(ds=ds).train()
     x = torch.randn(2, 2, 32, 16, 16)
     assert net.activation_elements((32, 16, 16), batch_size=2) == hooked_conv_elements(net, x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_conv_fast_backward_equals_conv3d(channels_last):
+    from nets.blocks import DepthwiseConv3d
+
+    torch.manual_seed(0)
+    fast = DepthwiseConv3d(3, 5).double()
+    ref = nn.Conv3d(3, 3, 5, padding=2, groups=3).double()
+    ref.load_state_dict(fast.state_dict())
+    x0 = torch.randn(2, 3, 6, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last_3d)
+    grads = []
+    for m in (fast, ref):
+        x = x0.clone().requires_grad_(True)
+        y = m(x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
+        grads.append((y.detach(), x.grad, m.weight.grad, m.bias.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

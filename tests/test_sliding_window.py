@@ -57,7 +57,8 @@ def test_window_starts_cover_every_voxel(patch, step):
             assert len(starts) == math.ceil((size - patch) / (patch * step)) + 1
 
 
-@pytest.mark.parametrize("size, patch, step", [(10, 4, 0.0), (10, 4, 1.5), (0, 4, 0.5), (10, 0, 0.5)])
+@pytest.mark.parametrize("size, patch, step",
+                         [(10, 4, 0.0), (10, 4, 1.5), (0, 4, 0.5), (10, 0, 0.5)])
 def test_window_starts_rejects_bad_arguments(size, patch, step):
     with pytest.raises(ValueError):
         window_starts(size, patch, step)
@@ -91,7 +92,8 @@ def test_gaussian_max_min_symmetry_sigma(patch):
         for d in range(1, p - c[axis]):
             if c[axis] - d >= 0:  # symmetric about the centre voxel p // 2
                 assert line[c[axis] + d].item() == pytest.approx(line[c[axis] - d].item(), rel=1e-6)
-            assert line[c[axis] + d].item() == pytest.approx(math.exp(-d * d / (2 * sigma ** 2)), rel=1e-6)
+            expected = math.exp(-d * d / (2 * sigma ** 2))
+            assert line[c[axis] + d].item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_gaussian_scaling_and_zero_replacement():
@@ -242,7 +244,8 @@ def test_box_restricts_windows_and_output():
     full = sliding_window_predict(net, x, (8, 8, 8), 3)
     # windows meeting the box: x starts 0, 4, 8; y all 5; z starts 4, 8, 12
     assert counted.seen == 3 * 5 * 3
-    torch.testing.assert_close(out[(slice(None), *box)], full[(slice(None), *box)], rtol=1e-6, atol=1e-6)
+    inside = (slice(None), *box)
+    torch.testing.assert_close(out[inside], full[inside], rtol=1e-6, atol=1e-6)
     outside = torch.ones(24, 24, 24, dtype=torch.bool)
     outside[box] = False
     assert (out[0][outside] == 1).all() and (out[1:][:, outside] == 0).all()
