@@ -22,8 +22,19 @@ $(STAMP): setup.cfg Makefile
 	@$(PY) -m pip install -q nibabel scipy scikit-image scikit-learn tqdm matplotlib pytest
 	@touch $(STAMP)
 
+# The main job on the default (phantom) dataset: data summary, MedNeXt k3 training (fold 0, the
+# CPU plan on a machine without CUDA), ensemble inference on the test split, official evaluation,
+# then the pCR model and its evaluation. Re-running resumes/reuses what is already done.
+DEMO_RUN := demo_mednext_k3
+DEMO_PRED := predictions/demo
+
 demo: venv
 	$(PY) -m data.phantom --summary
+	$(PY) train.py --arch mednext --kernel 3 --run $(DEMO_RUN) --resume
+	$(PY) train.py --task pcr --masks expert
+	$(PY) infer.py --ensemble --runs $(DEMO_RUN) --output $(DEMO_PRED) --overwrite --pcr
+	$(PY) eval.py --subgroups age,density --pred $(DEMO_PRED)
+	$(PY) eval.py --task pcr --subgroups age,menopause --pred $(DEMO_PRED)
 
 test: venv
 	$(PY) -m pytest -q
@@ -33,3 +44,18 @@ test-all: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Side-by-side benchmarks (bench/*.py, each ends with a JSON line). The peers are installed only
+# here: nnU-Net v2 and its own packages without their dependency trees (which would pull timm,
+# torchvision and, through them, a CUDA torch), then the few libraries they import, with torch
+# pinned to the installed build so pip can never replace it.
+PEER_PKGS := nnunetv2 dynamic-network-architectures batchgeneratorsv2 batchgenerators acvl-utils monai
+PEER_DEPS := SimpleITK pandas blosc2 connected-components-3d seaborn tifffile threadpoolctl
+
+bench: venv
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	@$(PY) -c "import nnunetv2, dynamic_network_architectures, batchgeneratorsv2, acvl_utils, monai" 2>/dev/null \
+		|| $(PY) -m pip install -q --no-deps -c $(VENV)/torch-constraint.txt $(PEER_PKGS)
+	@$(PY) -c "import SimpleITK, pandas, blosc2, cc3d, seaborn, tifffile, threadpoolctl" 2>/dev/null \
+		|| $(PY) -m pip install -q -c $(VENV)/torch-constraint.txt $(PEER_DEPS)
+	@status=0; for f in bench/*.py; do echo "== $$f"; $(PY) $$f || status=1; done; exit $$status

