@@ -34,7 +34,7 @@ from core.postprocess import largest_component, mask_to_box
 from core.sliding_window import sliding_window_predict
 from data import io, mamamia
 from data.cache import cache_key
-from data.preprocess import preprocess, restore_probabilities
+from data.preprocess import body_box, preprocess, restore_probabilities
 from nets import checkpoint as ckptlib
 
 log = logging.getLogger("infer")
@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--breast-box", action="store_true", help="zero predictions outside the JSON breast box")
     p.add_argument("--restrict-to-box", action="store_true",
                    help="only run the network inside the breast box (faster; output outside is background)")
+    p.add_argument("--no-skip-air", action="store_true",
+                   help="run every window, also those outside the body (slower; for comparisons)")
     p.add_argument("--save-probabilities", action="store_true", help="also write tumour probability maps")
     p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch")
     p.add_argument("--window-batch", type=int, default=None, help="windows per network call")
@@ -143,16 +145,27 @@ def input_cases(args) -> list[mamamia.Case]:
 
 # ----------------------------------------------------------------------------- one case
 
+def intersect(a, b):
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(max(x.start, y.start), max(max(x.start, y.start) + 1, min(x.stop, y.stop)))
+                 for x, y in zip(a, b))
+
+
 def predict_case(case: mamamia.Case, members: list[Member], prepared, device, tta_axes, step,
-                 window_batch, restrict_box: bool) -> np.ndarray:
-    """Averaged tumour probability on the original grid of the annotated phase."""
+                 window_batch, restrict_box: bool, skip_air: bool = True) -> np.ndarray:
+    """Averaged tumour probability on the original grid of the annotated phase.
+
+    ``skip_air``: windows outside the body's bounding box are not run (their output is
+    background); ``restrict_box``: likewise outside the JSON breast box.
+    """
     img, _, meta = prepared
     x = torch.from_numpy(img)
+    box = body_box(img) if skip_air else None
+    if restrict_box and case.breast_box is not None:
+        box = intersect(box, box_on_preprocessed(case.breast_box, meta))
     total = None
     for m in members:
-        box = None
-        if restrict_box and case.breast_box is not None:
-            box = box_on_preprocessed(case.breast_box, meta)
         probs = sliding_window_predict(m.model, x, m.plan.patch_size, num_classes=2, step=step,
                                        device=device, accum_device="cpu", tta_axes=tta_axes,
                                        window_batch=window_batch, box=box,
@@ -194,7 +207,7 @@ def prepare_output(out: Path, overwrite: bool) -> None:
 
 def run(cases, members, out: Path, device, tta_axes=(0, 1, 2), step=0.5, window_batch=None,
         lcc=True, breast_box=False, restrict_box=False, save_probabilities=False, progress=True,
-        overwrite=False) -> dict:
+        overwrite=False, skip_air=True) -> dict:
     """Predict every case; per-case errors are collected, never stop the others."""
     plan = members[0].plan
     window_batch = window_batch or (4 if device.type == "cuda" else 1)
@@ -229,7 +242,8 @@ def run(cases, members, out: Path, device, tta_axes=(0, 1, 2), step=0.5, window_
                 pending.append(reader.submit(load, cases[i + 2]))
             try:
                 prepared = pending[i].result()
-                prob = predict_case(case, members, prepared, device, tta_axes, step, window_batch, restrict_box)
+                prob = predict_case(case, members, prepared, device, tta_axes, step, window_batch, restrict_box,
+                                    skip_air)
                 mask = postprocess(prob, case, lcc, breast_box)
                 writes.append((case.patient_id, writer.submit(write, case, mask,
                                                               prob if save_probabilities else None)))
@@ -276,12 +290,14 @@ def main(argv=None) -> int:
     t0 = time.time()
     result = run(cases, members, out, device, tta_axes=tta, step=args.step, window_batch=args.window_batch,
                  lcc=not args.no_lcc, breast_box=args.breast_box, restrict_box=args.restrict_to_box,
-                 save_probabilities=args.save_probabilities, progress=not args.quiet, overwrite=args.overwrite)
+                 save_probabilities=args.save_probabilities, progress=not args.quiet, overwrite=args.overwrite,
+                 skip_air=not args.no_skip_air)
     manifest = {
         "runs": [str(r) for r in runs],
         "checkpoints": [str(m.checkpoint) for m in members],
         "plan_hashes": sorted({planlib.plan_hash(m.plan) for m in members}),
         "settings": {"tta_axes": list(tta), "step": args.step, "lcc": not args.no_lcc,
+                     "skip_air": not args.no_skip_air,
                      "breast_box": args.breast_box, "restrict_to_box": args.restrict_to_box,
                      "checkpoint": args.checkpoint, "device": str(device)},
         "cases": [c.patient_id for c in cases],

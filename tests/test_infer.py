@@ -15,6 +15,7 @@ from conftest import write_tiny_dataset
 from core import planner
 from core.metrics import dice
 from data import cache, mamamia
+from data.preprocess import body_box
 
 
 class EnhancementNet(nn.Module):
@@ -91,7 +92,8 @@ def test_ensemble_averages_probabilities(tmp_path):
     plan = _plan([case])
     prepared = infer.preprocess(case, plan, with_mask=False)
     m = lambda p: infer.Member(str(p), ConstNet(p).eval(), plan, Path("x"))  # noqa: E731
-    prob = infer.predict_case(case, [m(0.2), m(0.5)], prepared, torch.device("cpu"), (), 0.5, 1, False)
+    prob = infer.predict_case(case, [m(0.2), m(0.5)], prepared, torch.device("cpu"), (), 0.5, 1, False,
+                              skip_air=False)
     box = prepared[2].crop_box
     inside = prob[tuple(slice(a, b) for a, b in box)]
     np.testing.assert_allclose(inside, 0.35, atol=1e-5)
@@ -201,3 +203,23 @@ def test_submission_wrapper(trained, tmp_path):
         a = np.asarray(nib.load(str(seg / f)).dataobj)
         b = np.asarray(nib.load(str(ref / "pred_segmentations" / f)).dataobj)
         np.testing.assert_array_equal(a, b)
+
+
+def test_skipping_air_windows_leaves_masks_unchanged(tmp_path):
+    root = write_tiny_dataset(tmp_path / "ds", n=2, shape=(60, 40, 20), spacing=(1.0, 1.0, 1.0))
+    for f in root.glob("images/*/*.nii.gz"):  # noisy air around the body, as in real scans
+        img = nib.load(str(f))
+        a = np.asarray(img.dataobj).astype(np.int16)
+        a[a == 0] = np.random.default_rng(0).integers(1, 6, size=int((a == 0).sum()))
+        a[:, :10] = np.random.default_rng(1).integers(1, 6, size=a[:, :10].shape)  # a slab of air
+        nib.save(nib.Nifti1Image(a, img.affine), str(f))
+    cases = mamamia.load_dataset(root)
+    plan = _plan(cases)
+    members = [infer.Member("enh", EnhancementNet(bias=-2.5).eval(), plan, Path("x"))]
+    for c in cases:
+        prepared = infer.preprocess(c, plan, with_mask=False)
+        full = infer.predict_case(c, members, prepared, torch.device("cpu"), (), 0.5, 1, False, skip_air=False)
+        fast = infer.predict_case(c, members, prepared, torch.device("cpu"), (), 0.5, 1, False, skip_air=True)
+        a, b = full > 0.5, fast > 0.5
+        assert body_box(prepared[0]) is not None  # something is skipped
+        assert a.sum() > 0 and dice(a, b) >= 0.999

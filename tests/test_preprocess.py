@@ -143,3 +143,11 @@ def test_clahe_output_range_and_effect():
     out = pp.clahe(img)
     assert out.min() >= 0 and out.max() <= 1 and out.shape == img.shape
     assert out.std() > ((img - img.min()) / (img.max() - img.min())).std() * 0.9
+
+
+def test_body_box_finds_the_bright_region_with_margin():
+    img = np.full((2, 40, 40, 40), -1.0, np.float32)
+    img[:, 10:20, 5:30, 8:12] = 2.0
+    img[:, 35, 35, 35] = 2.0  # a speck of noise outside the body is ignored
+    assert pp.body_box(img, margin=2) == (slice(8, 22), slice(3, 32), slice(6, 14))
+    assert pp.body_box(np.zeros((1, 5, 5, 5), np.float32)) is None
