@@ -50,6 +50,15 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("MAMAMIA_RUNS", REPO / "runs"))
 
 
+def default_cache_root(root: Path) -> Path:
+    """``<repo>/.cache/preprocessed/<dataset name>-<hash of its path>`` (or under $MAMAMIA_CACHE):
+    never inside the dataset, so a read-only download works and inputs are never touched."""
+    import hashlib
+    base = Path(os.environ["MAMAMIA_CACHE"]) if os.environ.get("MAMAMIA_CACHE") else REPO / ".cache"
+    tag = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
+    return base / "preprocessed" / f"{Path(root).name}-{tag}"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("seg", "pcr"), default="seg", help="segmentation (default) or pCR")
@@ -88,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grad-checkpoint", action="store_true", help="MedNeXt gradient checkpointing")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--cache-dir", default=None, help="preprocessed-case cache (default <data>/../.cache)")
+    p.add_argument("--cache-dir", default=None,
+                   help="preprocessed-case cache (default .cache/preprocessed/<dataset> or $MAMAMIA_CACHE)")
     # pCR options (--task pcr)
     p.add_argument("--masks", choices=("expert", "predicted"), default="expert",
                    help="pCR: tumour masks for radiomics (predicted = the latest infer.py output)")
@@ -396,8 +406,8 @@ def train_pcr(args) -> int:
 
     Training cases (train split, ``--centers``) with a known pCR and a mask: the expert one, or
     with ``--masks predicted`` the files in ``--pred DIR``/pred_segmentations (default: the most
-    recent ``predictions/*`` folder). Features are cached in
-    ``<--cache-dir or data/../.cache>/<data>-radiomics/features.csv``. Folds are the segmentation
+    recent ``predictions/*`` folder). Features are cached in ``.cache/radiomics/<data>-<hash>/``
+    (or ``--cache-dir``/<data>-radiomics/) ``features.csv``. Folds are the segmentation
     folds (``kfold_splits`` over the training cases with expert masks). Per fold the feature
     pipeline is fitted once and the SNN and the logistic-regression and random-forest baselines
     are trained on its output. ``runs/<--run or pcr[_clinical][_predicted]>/`` receives
@@ -446,10 +456,15 @@ def train_pcr(args) -> int:
     fold_of = np.array([next(k for k, s in enumerate(splits) if c.patient_id in s["val"]) for c in used])
     folds = parse_folds(args.fold)
 
-    cache_base = Path(args.cache_dir) if args.cache_dir else root.parent / ".cache"
+    if args.cache_dir:
+        cache_csv = Path(args.cache_dir) / f"{root.name}-radiomics" / "features.csv"
+    else:  # like the preprocessed cases: under the repository (or $MAMAMIA_CACHE), never in the data
+        import hashlib
+        base = Path(os.environ["MAMAMIA_CACHE"]) if os.environ.get("MAMAMIA_CACHE") else REPO / ".cache"
+        tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+        cache_csv = base / "radiomics" / f"{root.name}-{tag}" / "features.csv"
     rcfg = radiomics.RadiomicsConfig()
-    table = radiomics.extract_features(used, masks, args.masks, rcfg,
-                                       cache=cache_base / f"{root.name}-radiomics" / "features.csv",
+    table = radiomics.extract_features(used, masks, args.masks, rcfg, cache=cache_csv,
                                        workers=args.workers, progress=not args.quiet)
     if not table.valid.all():
         bad = {i: n for i, n, v in zip(table.ids, table.notes, table.valid) if not v}
@@ -466,7 +481,7 @@ def train_pcr(args) -> int:
 
     cv = pcr.cross_validate(table.values, y, table.names, fold_of, folds, classifiers, pcfg, records,
                             ids=table.ids, on_fold=fold_done)
-    metrics = {k: pcr.evaluate(cv.oof[k], y, fold_of, folds) for k in classifiers}
+    metrics = {k: pcr.evaluate(cv.oof[k], y, fold_of, folds, shift=cv.shift) for k in classifiers}
 
     oracle = None
     latents = root / "phantom_latents.csv"
@@ -494,16 +509,19 @@ def train_pcr(args) -> int:
     dio.atomic_write_text(run_dir / "splits.json", json.dumps(splits, indent=1))
     buf = _io.StringIO()
     w = _csv.writer(buf, lineterminator="\n")
-    w.writerow(["patient_id", "fold", "pcr"] + [f"logit_{k}" for k in classifiers])
+    w.writerow(["patient_id", "fold", "pcr", "prior_logit"] + [f"logit_{k}" for k in classifiers])
     for i, pid in enumerate(table.ids):
-        w.writerow([pid, int(fold_of[i]), int(y[i])] + [repr(float(cv.oof[k][i])) for k in classifiers])
+        w.writerow([pid, int(fold_of[i]), int(y[i]), repr(float(cv.shift[i]))]
+                   + [repr(float(cv.oof[k][i])) for k in classifiers])
     dio.atomic_write_text(run_dir / "oof_predictions.csv", buf.getvalue())
 
-    print(f"\n{'model':8s} {'BA':>6s} {'BA@0.5':>7s} {'AUC':>6s} {'ECE':>6s} {'ECE(T)':>7s} {'T':>6s}"
+    # BA: cross-fitted threshold; BA@0.5: the classifier's own decision; ECE of its own
+    # probabilities, then after prior correction and temperature (cross-fitted)
+    print(f"\n{'model':8s} {'BA':>6s} {'BA@0.5':>7s} {'AUC':>6s} {'ECE':>6s} {'ECE(cal)':>8s} {'T':>6s}"
           f"   (cross-validated, {len(folds)} fold(s), {len(used)} cases)")
     for k, m in metrics.items():
         print(f"{k:8s} {m['balanced_accuracy']:6.3f} {m['balanced_accuracy_at_0.5']:7.3f} {m['auc']:6.3f} "
-              f"{m['ece_before']:6.3f} {m['ece_after']:7.3f} {m['temperature']:6.2f}")
+              f"{m['ece_before']:6.3f} {m['ece_after']:8.3f} {m['temperature']:6.2f}")
     if oracle is not None:
         print(f"{'oracle':8s} {oracle['balanced_accuracy']:6.3f} {'':7s} {oracle['auc']:6.3f}   "
               f"(expected BA {oracle['expected_balanced_accuracy']:.3f})")
@@ -570,7 +588,7 @@ def main(argv=None) -> int:
         splits = kfold_splits([c.patient_id for c in cases], n_splits=cfg.n_folds, seed=12345)
     if dist.rank == 0 and not args.resume:
         (run_dir / "splits.json").write_text(json.dumps(splits, indent=1))
-    cache_root = Path(args.cache_dir) if args.cache_dir else root.parent / ".cache" / f"{root.name}-preprocessed"
+    cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_root(root)
     if dist.rank == 0:
         folder = cache.build_cache(cases, plan, cache_root, workers=args.workers, progress=not args.quiet)
     dist.barrier()
