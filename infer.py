@@ -73,6 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--window-batch", type=int, default=None, help="windows per network call")
     p.add_argument("--device", default=None)
     p.add_argument("--pcr", action="store_true", help="also predict pCR and write predictions.csv")
+    p.add_argument("--pcr-run", help="pCR model: a run name or folder (default: the latest runs/*/pcr_model.pt)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -266,8 +267,55 @@ def run(cases, members, out: Path, device, tta_axes=(0, 1, 2), step=0.5, window_
 
 def predict_pcr(args, cases, out: Path) -> None:
     """``--pcr``: features from the predicted masks in ``out`` -> the trained pCR model ->
-    ``out/predictions.csv`` (patient_id, pcr, score), the challenge format."""
-    raise SystemExit("--pcr is not available yet")
+    ``out/predictions.csv`` (patient_id, pcr, score), the challenge format.
+
+    The model is ``--pcr-run NAME`` (a folder under the runs folder, or a path) or else the most
+    recently written ``<runs>/*/pcr_model.pt`` (``train.py --task pcr``). Features are cached in
+    ``out/pcr_features.csv``. A case whose predicted mask is missing or empty still gets a
+    prediction, from imputed image features (and its clinical data when the model uses them);
+    such cases are listed.
+    """
+    import csv as _csv
+    import io as _io
+    import pickle
+
+    from data import radiomics
+
+    runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
+    name = getattr(args, "pcr_run", None)
+    if name:
+        path = (Path(name) if (Path(name) / "pcr_model.pt").exists() else runs_dir / name) / "pcr_model.pt"
+        if not path.exists():
+            raise SystemExit(f"--pcr-run {name}: {path} not found")
+    else:
+        found = list(runs_dir.glob("*/pcr_model.pt"))
+        if not found:
+            raise SystemExit(f"{runs_dir}: no trained pCR model (train one with train.py --task pcr)")
+        path = max(found, key=lambda p: p.stat().st_mtime)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise SystemExit(f"{path}: unreadable pCR model: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != "mamamia-pcr":
+        raise SystemExit(f"{path}: not a pCR model file (train.py --task pcr writes one)")
+    model = state["model"]
+    rcfg = radiomics.RadiomicsConfig.from_dict(model.settings["radiomics"])
+    masks = radiomics.predicted_masks(cases, out)
+    table = radiomics.extract_features(cases, masks, "predicted", rcfg, cache=out / "pcr_features.csv",
+                                       workers=min(2, os.cpu_count() or 1), progress=not args.quiet)
+    records = [radiomics.clinical_record(c) for c in cases]
+    score, label = model.predict(table.values, table.names, records)
+    buf = _io.StringIO()
+    w = _csv.writer(buf, lineterminator="\n")
+    w.writerow(["patient_id", "pcr", "score"])
+    for pid, lab, sc in zip(table.ids, label, score):
+        w.writerow([pid, int(lab), f"{float(sc):.6f}"])
+    io.atomic_write_text(out / "predictions.csv", buf.getvalue())
+    imputed = {pid: note for pid, note, ok in zip(table.ids, table.notes, table.valid) if not ok}
+    if imputed:
+        print(f"pCR: {len(imputed)} case(s) predicted from imputed image features: {imputed}")
+    print(f"pCR: {len(cases)} prediction(s), {int(label.sum())} pCR, threshold {model.threshold:.3f} "
+          f"(model {path.parent}) -> {out / 'predictions.csv'}")
 
 
 def main(argv=None) -> int:

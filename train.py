@@ -50,13 +50,13 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("MAMAMIA_RUNS", REPO / "runs"))
 
 
-def default_cache_root(root: Path) -> Path:
-    """``<repo>/.cache/preprocessed/<dataset name>-<hash of its path>`` (or under $MAMAMIA_CACHE):
+def default_cache_root(root: Path, kind: str = "preprocessed") -> Path:
+    """``<repo>/.cache/<kind>/<dataset name>-<hash of its path>`` (or under $MAMAMIA_CACHE):
     never inside the dataset, so a read-only download works and inputs are never touched."""
     import hashlib
     base = Path(os.environ["MAMAMIA_CACHE"]) if os.environ.get("MAMAMIA_CACHE") else REPO / ".cache"
     tag = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
-    return base / "preprocessed" / f"{Path(root).name}-{tag}"
+    return base / kind / f"{Path(root).name}-{tag}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", choices=("S", "B", "M", "L"), help="MedNeXt size (default: the plan's)")
     p.add_argument("--kernel", type=int, help="MedNeXt kernel size, odd (default: the plan's, 3)")
     p.add_argument("--loss", choices=sorted(LOSSES), default="dice_ce")
-    p.add_argument("--fold", default="0", help="0-4, a list like 0,2, or 'all' (default 0)")
+    p.add_argument("--fold", default=None,
+                   help="0-4, a list like 0,2, or 'all' (default 0 for segmentation, all for pCR)")
     p.add_argument("--data", help="MAMA-MIA root folder (default: the phantom dataset, generated once)")
     p.add_argument("--centers", help="train on these centers only, e.g. DUKE,NACT")
     p.add_argument("--phases", default=None, help="phases as input channels, e.g. 0-2 (default 0,1,2); "
@@ -454,15 +455,12 @@ def train_pcr(args) -> int:
     fold_ids = sorted({c.patient_id for c in cases if c.mask_path is not None} | {c.patient_id for c in used})
     splits = kfold_splits(fold_ids, n_splits=5, seed=12345)
     fold_of = np.array([next(k for k, s in enumerate(splits) if c.patient_id in s["val"]) for c in used])
-    folds = parse_folds(args.fold)
+    folds = parse_folds(args.fold or "all")
 
     if args.cache_dir:
         cache_csv = Path(args.cache_dir) / f"{root.name}-radiomics" / "features.csv"
     else:  # like the preprocessed cases: under the repository (or $MAMAMIA_CACHE), never in the data
-        import hashlib
-        base = Path(os.environ["MAMAMIA_CACHE"]) if os.environ.get("MAMAMIA_CACHE") else REPO / ".cache"
-        tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
-        cache_csv = base / "radiomics" / f"{root.name}-{tag}" / "features.csv"
+        cache_csv = default_cache_root(root, "radiomics") / "features.csv"
     rcfg = radiomics.RadiomicsConfig()
     table = radiomics.extract_features(used, masks, args.masks, rcfg, cache=cache_csv,
                                        workers=args.workers, progress=not args.quiet)
@@ -545,7 +543,7 @@ def main(argv=None) -> int:
     run_name = args.run or (f"{args.arch}" + (f"_k{args.kernel or 3}" if args.arch == "mednext" else "")
                             + f"_{args.loss}")
     run_dir = runs_dir / run_name
-    folds = parse_folds(args.fold)
+    folds = parse_folds(args.fold or "0")
 
     if args.resume and not (run_dir / "config.json").exists():
         log.info("--resume: %s does not exist yet; starting it", run_dir)

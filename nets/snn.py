@@ -132,17 +132,16 @@ class SNNClassifier(ClassifierMixin, BaseEstimator):
     def _train(self, X: np.ndarray, y: np.ndarray, epochs: int, seed: int, val=None) -> tuple[SNN, list[float]]:
         """Train a fresh network for ``epochs`` steps; with ``val`` = (X, y) also return the
         held-out BCE after every step."""
-        g = torch.Generator().manual_seed(int(seed))
-        model = SNN(X.shape[1], tuple(self.hidden), float(self.dropout), generator=g)
         xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        pw = torch.tensor(self._pos_weight(y))
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(self._pos_weight(y)))
         curve = []
-        # AlphaDropout draws from the global generator: fork it so fitting is reproducible from
-        # ``seed`` and does not disturb the caller's random stream
+        # nn.Linear's default initialisation and AlphaDropout draw from the global generator:
+        # fork it so fitting is reproducible from ``seed`` and leaves the caller's stream alone
         with torch.random.fork_rng(devices=[]), _one_thread():
             torch.manual_seed(int(seed))
+            model = SNN(X.shape[1], tuple(self.hidden), float(self.dropout),
+                        generator=torch.Generator().manual_seed(int(seed)))
+            opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             for _ in range(int(epochs)):
                 model.train()
                 opt.zero_grad(set_to_none=True)

@@ -1,0 +1,151 @@
+"""End to end: ``train.py --task pcr`` on a small synthetic DCE dataset, then the pCR step of
+``infer.py`` writes predictions.csv in the challenge format."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import infer
+import train
+
+REPO = Path(__file__).resolve().parent.parent
+TIMES = [0, 150, 270, 390]
+
+
+def write_dce_dataset(root: Path, n: int = 15, n_test: int = 3, shape=(20, 20, 10), spacing=(1.0, 1.0, 2.0),
+                      seed: int = 0) -> Path:
+    """MAMA-MIA layout; every third case has pCR and a washout lesion, the others a persistent
+    one; lesion radius varies. The last ``n_test`` cases form the test split."""
+    rng = np.random.default_rng(seed)
+    aff = np.diag(list(spacing) + [1.0])
+    ids = [f"DUKE_{i + 1:03d}" for i in range(n)]
+    g = np.indices(shape).astype(float)
+    for i, pid in enumerate(ids):
+        pcr = int(i % 3 == 0)
+        r = 3.0 + (i % 4) * 0.5
+        c = [s / 2 + rng.uniform(-1, 1) for s in shape]
+        blob = sum(((g[a] - c[a]) * spacing[a] / spacing[0]) ** 2 for a in range(3)) <= r ** 2
+        curve = [0, 1.0, 0.8, 0.65] if pcr else [0, 0.6, 0.8, 0.95]
+        folder = root / "images" / pid
+        folder.mkdir(parents=True)
+        for k, e in enumerate(curve):
+            img = 300 + rng.normal(0, 8, shape) + blob * 500 * e
+            nib.save(nib.Nifti1Image(img.astype(np.int16), aff), str(folder / f"{pid.lower()}_{k:04d}.nii.gz"))
+        seg = root / "segmentations" / "expert"
+        seg.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(blob.astype(np.uint8), aff), str(seg / f"{pid.lower()}.nii.gz"))
+        info = root / "patient_info_files"
+        info.mkdir(exist_ok=True)
+        (info / f"{pid.lower()}.json").write_text(json.dumps({
+            "patient_id": pid, "clinical_data": {"age": 35 + 2 * i, "menopausal_status": "pre" if i < 8 else "post"},
+            "primary_lesion": {"pcr": pcr, "tumor_subtype": "her2_enriched" if pcr else "luminal"},
+            "imaging_data": {"dataset": "DUKE", "acquisition_times": TIMES}}))
+    train_ids, test_ids = ids[:-n_test], ids[-n_test:]
+    rows = [f"{train_ids[k] if k < len(train_ids) else ''},{test_ids[k] if k < len(test_ids) else ''}"
+            for k in range(len(train_ids))]
+    (root / "train_test_splits.csv").write_text("train_split,test_split\n" + "\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pcr_cli")
+    root = write_dce_dataset(base / "data")
+    runs = base / "runs"
+    # two folds keep the test fast; the slow round trip below trains all five
+    rc = train.main(["--task", "pcr", "--data", str(root), "--fold", "0,1", "--runs-dir", str(runs),
+                     "--cache-dir", str(base / "cache"), "--workers", "1", "-q"])
+    assert rc == 0
+    return base, root, runs
+
+
+def test_train_writes_the_run(trained):
+    base, root, runs = trained
+    run = runs / "pcr"
+    for f in ("pcr_model.pt", "report.json", "oof_predictions.csv", "splits.json"):
+        assert (run / f).exists(), f
+    report = json.loads((run / "report.json").read_text())
+    assert report["cases"] == 12 and report["positives"] == 4
+    assert set(report["metrics"]) == {"snn", "logreg", "rf"}
+    with open(run / "oof_predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    validated = [r for r in rows if r["fold"] in ("0", "1")]
+    for m in report["metrics"].values():
+        assert 0 <= m["balanced_accuracy"] <= 1 and m["temperature"] > 0 and m["cross_fitted"]
+        assert m["n"] == len(validated)
+    # the washout/persistent split is easy: out-of-fold AUC of the network well above chance
+    assert report["metrics"]["snn"]["auc"] > 0.8
+    assert report["oracle"] is None                       # not a phantom dataset
+    assert len(rows) == 12 and {r["fold"] for r in rows} == {"0", "1", "2", "3", "4"}
+    assert all(np.isfinite(float(r["logit_snn"])) == (r in validated) for r in rows)
+    assert set(report["features"]["per_fold"]) == {"0", "1"}
+    # the segmentation folds: kfold_splits over the training ids
+    splits = json.loads((run / "splits.json").read_text())
+    assert sorted(sum((s["val"] for s in splits), [])) == sorted(r["patient_id"] for r in rows)
+    # features were cached
+    assert (base / "cache" / "data-radiomics" / "features.csv").exists()
+
+
+def _predict(root, runs, out, extra=()):
+    args = infer.parse_args(["--data", str(root), "--runs-dir", str(runs), "--output", str(out), "--pcr", "-q",
+                             *extra])
+    cases = infer.input_cases(args)
+    seg = out / "pred_segmentations"
+    seg.mkdir(parents=True, exist_ok=True)
+    for c in cases[:-1]:   # the last case has no predicted mask (its segmentation "failed")
+        shutil.copy(c.mask_path, seg / f"{c.patient_id}.nii.gz")
+    infer.predict_pcr(args, cases, out)
+    with open(out / "predictions.csv") as fh:
+        return cases, list(csv.reader(fh))
+
+
+def test_infer_writes_predictions_csv(trained, capsys):
+    base, root, runs = trained
+    cases, rows = _predict(root, runs, base / "out")
+    assert rows[0] == ["patient_id", "pcr", "score"]
+    assert [r[0] for r in rows[1:]] == [c.patient_id for c in cases]
+    assert len(rows) == 1 + 3
+    state = torch.load(runs / "pcr" / "pcr_model.pt", weights_only=False)
+    for _, label, score in rows[1:]:
+        s = float(score)
+        assert 0.0 <= s <= 1.0 and label in ("0", "1")
+        assert int(label) == int(s >= state["model"].threshold)
+    assert "imputed image features" in capsys.readouterr().out
+    # test cases 13 (pCR, washout) and 14 (no pCR): the ranking follows the kinetics
+    scores = {r[0]: float(r[2]) for r in rows[1:]}
+    assert scores["DUKE_013"] > scores["DUKE_014"]
+
+
+def test_infer_named_run_and_errors(trained):
+    base, root, runs = trained
+    _, rows = _predict(root, runs, base / "out2", ["--pcr-run", "pcr"])
+    assert len(rows) == 4
+    with pytest.raises(SystemExit, match="not found"):
+        _predict(root, runs, base / "out3", ["--pcr-run", "nope"])
+    with pytest.raises(SystemExit, match="no trained pCR model"):
+        _predict(root, base / "empty_runs", base / "out4")
+
+
+@pytest.mark.slow
+def test_full_command_line_round_trip(tmp_path):
+    """``train.py --task seg`` (tiny), ``train.py --task pcr``, then ``infer.py --pcr``."""
+    root = write_dce_dataset(tmp_path / "data")
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    common = ["--data", str(root), "--runs-dir", str(runs), "--cache-dir", str(tmp_path / "cache"), "-q"]
+    env_py = [sys.executable]
+    subprocess.run(env_py + [str(REPO / "train.py"), "--task", "seg", "--run", "seg", "--epochs", "1", "--iters", "2",
+                             "--val-iters", "1", "--workers", "0", *common], check=True, cwd=REPO)
+    subprocess.run(env_py + [str(REPO / "train.py"), "--task", "pcr", "--fold", "all", "--workers", "1", *common],
+                   check=True, cwd=REPO)
+    subprocess.run(env_py + [str(REPO / "infer.py"), "--data", str(root), "--runs-dir", str(runs), "--runs", "seg",
+                             "--output", str(out), "--pcr", "--no-tta", "-q"], check=True, cwd=REPO)
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["patient_id", "pcr", "score"] and len(rows) == 4
