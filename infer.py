@@ -265,7 +265,7 @@ def run(cases, members, out: Path, device, tta_axes=(0, 1, 2), step=0.5, window_
     return {"errors": errors, "seconds_per_case": timings}
 
 
-def predict_pcr(args, cases, out: Path) -> None:
+def predict_pcr(args, cases, out: Path) -> list[dict]:
     """``--pcr``: features from the predicted masks in ``out`` -> the trained pCR model ->
     ``out/predictions.csv`` (patient_id, pcr, score), the challenge format.
 
@@ -316,6 +316,7 @@ def predict_pcr(args, cases, out: Path) -> None:
         print(f"pCR: {len(imputed)} case(s) predicted from imputed image features: {imputed}")
     print(f"pCR: {len(cases)} prediction(s), {int(label.sum())} pCR, threshold {model.threshold:.3f} "
           f"(model {path.parent}) -> {out / 'predictions.csv'}")
+    return [{"patient_id": pid, "pcr": int(lab), "score": float(sc)} for pid, lab, sc in zip(table.ids, label, score)]
 
 
 def main(argv=None) -> int:

@@ -8,12 +8,14 @@ rows ``patient_id, pcr, score`` and writes ``output_dir/predictions.csv`` (REFER
 Both go through exactly the code path of ``infer.py``.
 
 Weights: the run folders under ``$MAMAMIA_RUNS`` or ``./runs`` next to this file; set
-``MAMAMIA_SUBMISSION_RUNS`` to a comma-separated list of run names to choose the ensemble.
+``MAMAMIA_SUBMISSION_RUNS`` to a comma-separated list of run names to choose the ensemble and
+``MAMAMIA_SUBMISSION_PCR_RUN`` to choose the pCR model (default: the most recent one).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -23,7 +25,7 @@ from data import mamamia
 
 class Model:
     def __init__(self, dataset, runs=None, runs_dir=None, tta_axes=(0, 1, 2), breast_box: bool = False,
-                 device=None):
+                 device=None, pcr_run=None):
         self.dataset = dataset
         self.runs_dir = Path(runs_dir) if runs_dir else infer.default_runs_dir()
         names = runs or [r for r in os.environ.get("MAMAMIA_SUBMISSION_RUNS", "").split(",") if r]
@@ -31,6 +33,7 @@ class Model:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tta_axes, self.breast_box = tuple(tta_axes), breast_box
         self._members = None
+        self.pcr_run = pcr_run or os.environ.get("MAMAMIA_SUBMISSION_PCR_RUN") or None
 
     def cases(self) -> list[mamamia.Case]:
         out = []
@@ -54,4 +57,5 @@ class Model:
         out = Path(output_dir)
         if not (out / "pred_segmentations").is_dir():
             self.predict_segmentation(out)
-        return infer.pcr_table(self.cases(), out, self.runs_dir)
+        args = SimpleNamespace(runs_dir=str(self.runs_dir), pcr_run=self.pcr_run, quiet=True)
+        return infer.predict_pcr(args, self.cases(), out)

@@ -223,3 +223,22 @@ def test_skipping_air_windows_leaves_masks_unchanged(tmp_path):
         a, b = full > 0.5, fast > 0.5
         assert body_box(prepared[0]) is not None  # something is skipped
         assert a.sum() > 0 and dice(a, b) >= 0.999
+
+
+def test_submission_classification(tmp_path):
+    import csv
+
+    import submission
+    ds = write_tiny_dataset(tmp_path / "ds", n=14)
+    common = ["--data", str(ds), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "-q"]
+    train.main(common + ["--run", "seg", "--epochs", "1", "--iters", "1", "--val-iters", "0", "--workers", "1"])
+    train.main(common + ["--task", "pcr", "--run", "pcr_sub", "--fold", "0"])
+    model = submission.Model(StandInDataset(ds), runs_dir=tmp_path / "runs", runs=["seg"], tta_axes=(),
+                             pcr_run="pcr_sub")
+    rows = model.predict_classification(tmp_path / "sub")
+    assert sorted(r["patient_id"] for r in rows) == [f"DUKE_{i:03d}" for i in range(14)]
+    assert all(r["pcr"] in (0, 1) and 0 <= r["score"] <= 1 for r in rows)
+    with open(tmp_path / "sub" / "predictions.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == ["patient_id", "pcr", "score"] and len(table) == 14
+    assert (tmp_path / "sub" / "pred_segmentations" / "DUKE_000.nii.gz").exists()
