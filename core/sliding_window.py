@@ -14,13 +14,15 @@ What is averaged is a named choice (``average``):
 
 - ``"probabilities"`` (default): softmax per window and per flip, then the Gaussian-weighted mean.
   Fold ensembles are then the mean of these probabilities, which is what the inference entry point
-  does; it is also what makes ``skip_empty`` and the restricting box exact in probability space.
+  does, and "background" outside a restricting box is simply probability 1 for class 0.
 - ``"logits"``: nnU-Net v2's choice. It averages raw logits over windows, flips and folds
   (``predict_logits_from_preprocessed_data``) and applies the softmax once at export. With
   ``return_logits=True`` the averaged logits come back, so folds can be averaged in logit space too.
 
-nnU-Net accumulates in float16 on the GPU with the Gaussian scaled by 10 to avoid underflow; here
-accumulators are always float32, so the scaling is unnecessary (it cancels in the division).
+nnU-Net accumulates in float16 (on CPU too) with the Gaussian scaled by 10 against underflow; near
+the volume border the weights still reach the float16 floor and its logits there are off by up to
+0.5 (bench/sliding_window_vs_peers.py). Here accumulators are always float32, so the scaling is
+unnecessary (it cancels in the division) and the result matches a float64 loop to ~1e-6.
 
 Speed features beyond nnU-Net, both exact:
 
@@ -28,7 +30,8 @@ Speed features beyond nnU-Net, both exact:
   patch, so the network's answer is the same for every such window. It is computed once and reused.
 - ``box``: windows not intersecting the box are not run at all; the output outside it is background.
 
-The Gaussian map is a product of 1-D Gaussians and the window grid is a Cartesian product, so the
+Windows are cut out in a prefetch thread while the network runs (see :func:`_prefetch`). The
+Gaussian map is a product of 1-D Gaussians and the window grid is a Cartesian product, so the
 sum of weights is the outer product of three 1-D sums; no full-size weight volume is stored (for a
 512x512x256 volume this saves 256 MiB).
 """
@@ -37,7 +40,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Callable, Sequence
+import queue
+import threading
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -289,22 +294,31 @@ def sliding_window_predict(
             const_pred = run(const)[0]
         # Windows are accumulated in grid order whatever is skipped or batched, so the float sums
         # (and hence the output) are bitwise those of the run without skipping.
-        pending, batch, done = [], [], 0
+        groups, pending, batch = [], [], []
         for k, (w, f) in enumerate(zip(windows, flags)):
             pending.append((w, f))
             if f:
                 batch.append(w)
-            if len(batch) < window_batch and k + 1 < len(windows):
-                continue
-            preds = iter(run(torch.stack([padded[(slice(None), *b)] for b in batch]))
-                         if batch else ())
-            for pw, pf in pending:
+            if len(batch) == window_batch or k + 1 == len(windows):
+                groups.append((pending, batch))
+                pending, batch = [], []
+
+        def gather():
+            for pend, bat in groups:
+                x = torch.stack([padded[(slice(None), *b)] for b in bat]) if bat else None
+                if x is not None and x.device.type == "cpu" and device.type == "cuda":
+                    x = x.pin_memory().to(device, non_blocking=True)
+                yield pend, bat, x
+
+        done = 0
+        for pend, bat, x in _prefetch(gather()):
+            preds = iter(run(x)) if x is not None else iter(())
+            for pw, pf in pend:
                 acc[(slice(None), *pw)].addcmul_(next(preds) if pf else const_pred, weight)
-            if batch:
-                done += len(batch)
+            if bat:
+                done += len(bat)
                 if progress is not None:
                     progress(done, n_todo)
-            pending, batch = [], []
 
         _divide_by_weight_sum(acc, starts, factors)
         out = acc[(slice(None), *crop)]
@@ -320,6 +334,55 @@ def sliding_window_predict(
         if box_ranges is not None:
             _fill_outside_box(out, box_ranges, background)
     return out
+
+
+def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """Iterate ``items`` in a background thread, ``depth`` ahead (as nnU-Net's producer thread).
+
+    Window extraction (and, on CUDA, the pinned host-to-device copy) overlaps the network. On a
+    shared CPU it also matters for another reason, measured on the 2-core development machine
+    under load: while a second thread holds an OpenMP team, libgomp throttles busy-waiting
+    (it sees more threads than cores), which halved the CPU and wall time of a 2-thread U-Net
+    sliding window (38 -> 16 CPU-s for 27 windows); nnU-Net's predictor gets the same effect
+    from its producer thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # handed to the consumer, re-raised there
+            q.put(e)
+
+    thread = threading.Thread(target=produce, name="sliding-window-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.1)
 
 
 def _divide_by_weight_sum(acc: torch.Tensor, starts, factors) -> None:

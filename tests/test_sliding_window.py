@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -346,3 +347,13 @@ def test_peak_memory_512x512x256_on_cpu():
     # the output buffer is the accumulator; everything else is per-window or 1-D (allowance for
     # per-window buffers and the convolution library's first-use workspace)
     assert peak - before < output_bytes + 256 * 2**20
+
+
+def test_network_error_propagates_and_prefetch_thread_ends():
+    def broken(x):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        sliding_window_predict(broken, torch.zeros(1, 24, 24, 24), (8, 8, 8), 2)
+    alive = [t for t in threading.enumerate() if t.name == "sliding-window-prefetch"]
+    assert not alive
