@@ -62,7 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder's results")
     p.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
     p.add_argument("--tta-axes", default="0,1,2", help="axes to mirror for TTA (default all: 8 passes)")
-    p.add_argument("--no-lcc", action="store_true", help="keep all components")
+    lcc = p.add_mutually_exclusive_group()
+    lcc.add_argument("--no-lcc", action="store_true", help="keep all components")
+    lcc.add_argument("--lcc", action="store_true",
+                     help="always keep only the largest component (default: only when the runs' "
+                          "cross-validation showed it helps, nnU-Net's rule)")
     p.add_argument("--breast-box", action="store_true", help="zero predictions outside the JSON breast box")
     p.add_argument("--restrict-to-box", action="store_true",
                    help="only run the network inside the breast box (faster; output outside is background)")
@@ -186,6 +190,20 @@ def box_on_preprocessed(box, meta) -> tuple[slice, slice, slice]:
         hi = min(meta.resampled_shape[ax], int(np.ceil((sl.stop - c0) * scale)))
         out.append(slice(lo, max(hi, lo + 1)))
     return tuple(out)
+
+
+def lcc_helps(runs: list[Path]) -> bool:
+    """nnU-Net keeps largest-component postprocessing only if cross-validation says it helps:
+    mean fold validation Dice with it >= without it (folds without validation.json are ignored;
+    with no evidence at all the component filter is applied, as the challenge seeds did)."""
+    raw, lcc = [], []
+    for run in runs:
+        for f in run.glob("fold_*/validation.json"):
+            v = json.loads(f.read_text())
+            if "mean_dice_lcc" in v:
+                raw.append(v["mean_dice"])
+                lcc.append(v["mean_dice_lcc"])
+    return not raw or float(np.mean(lcc)) >= float(np.mean(raw))
 
 
 def postprocess(prob: np.ndarray, case: mamamia.Case, lcc: bool, breast_box: bool) -> np.ndarray:
@@ -336,16 +354,19 @@ def main(argv=None) -> int:
     out = Path(args.output) if args.output else REPO / "predictions" / "_".join(r.name for r in runs)
     prepare_output(out, args.overwrite)
     tta = () if args.no_tta else tuple(mamamia.parse_list(args.tta_axes, int) or ())
+    use_lcc = False if args.no_lcc else (True if args.lcc else lcc_helps(runs))
+    print(f"largest-component postprocessing: {'on' if use_lcc else 'off'}"
+          + ("" if args.no_lcc or args.lcc else " (from the runs' cross-validation)"))
     t0 = time.time()
     result = run(cases, members, out, device, tta_axes=tta, step=args.step, window_batch=args.window_batch,
-                 lcc=not args.no_lcc, breast_box=args.breast_box, restrict_box=args.restrict_to_box,
+                 lcc=use_lcc, breast_box=args.breast_box, restrict_box=args.restrict_to_box,
                  save_probabilities=args.save_probabilities, progress=not args.quiet, overwrite=args.overwrite,
                  skip_air=not args.no_skip_air)
     manifest = {
         "runs": [str(r) for r in runs],
         "checkpoints": [str(m.checkpoint) for m in members],
         "plan_hashes": sorted({planlib.plan_hash(m.plan) for m in members}),
-        "settings": {"tta_axes": list(tta), "step": args.step, "lcc": not args.no_lcc,
+        "settings": {"tta_axes": list(tta), "step": args.step, "lcc": use_lcc,
                      "skip_air": not args.no_skip_air,
                      "breast_box": args.breast_box, "restrict_to_box": args.restrict_to_box,
                      "checkpoint": args.checkpoint, "device": str(device)},

@@ -242,3 +242,14 @@ def test_submission_classification(tmp_path):
         table = list(csv.DictReader(fh))
     assert list(table[0]) == ["patient_id", "pcr", "score"] and len(table) == 14
     assert (tmp_path / "sub" / "pred_segmentations" / "DUKE_000.nii.gz").exists()
+
+
+def test_lcc_only_when_cross_validation_says_so(tmp_path):
+    run = tmp_path / "run"
+    for k, (raw, lcc) in enumerate([(0.6, 0.5), (0.7, 0.65)]):
+        (run / f"fold_{k}").mkdir(parents=True)
+        (run / f"fold_{k}" / "validation.json").write_text(json.dumps({"mean_dice": raw, "mean_dice_lcc": lcc}))
+    assert infer.lcc_helps([run]) is False
+    (run / "fold_1" / "validation.json").write_text(json.dumps({"mean_dice": 0.7, "mean_dice_lcc": 0.9}))
+    assert infer.lcc_helps([run]) is True   # mean 0.70 >= 0.65
+    assert infer.lcc_helps([tmp_path / "empty"]) is True
