@@ -55,13 +55,28 @@ NUM_CLASSES = 2
 
 # ----------------------------------------------------------------------------- measuring
 
+DEVICE = torch.device("cpu")
+AMP_DTYPE = None          # torch.bfloat16 with --amp on CUDA
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def gemm_gflops(n: int = 2048, reps: int = 3) -> float:
-    """fp32 matrix-multiply rate (GFLOP/s) of this process at the current thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    """Matrix-multiply rate (GFLOP/s) of this process: fp32 at the current thread count on CPU,
+    the step's compute dtype (bf16 with --amp) at 8192^2 on CUDA."""
+    dtype = AMP_DTYPE or torch.float32
+    if DEVICE.type == "cuda":
+        n, reps = 8192, 10
+    a, b = torch.randn(n, n, device=DEVICE, dtype=dtype), torch.randn(n, n, device=DEVICE, dtype=dtype)
     torch.mm(a, b)
+    sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         torch.mm(a, b)
+    sync()
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -72,10 +87,12 @@ def step_flops(step) -> int:
 
 
 def make_step(model, loss_fn, optimizer, x, target):
-    """nnU-Net's ``train_step`` on CPU: zero_grad, forward, loss, backward, clip 12, step."""
+    """nnU-Net's ``train_step``: zero_grad, forward + loss (under bf16 autocast with --amp on CUDA;
+    bf16 needs no grad scaler), backward, clip 12, step. ``float(loss)`` synchronises CUDA."""
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), target)
+        with torch.autocast(DEVICE.type, dtype=AMP_DTYPE or torch.bfloat16, enabled=AMP_DTYPE is not None):
+            loss = loss_fn(model(x), target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
@@ -98,6 +115,7 @@ def interleaved(steps: dict, repeats: int, warmup: int = 1) -> tuple[dict, list]
             steps[k]()
             times[k].append(time.perf_counter() - t0)
         gemm.append(gemm_gflops())
+        sync()
         print(f"  round {r}: " + ", ".join(f"{k} {times[k][-1]:.3f} s" for k in steps)
               + f", gemm {gemm[-1]:.1f} GFLOP/s", flush=True)
     return times, gemm
@@ -240,27 +258,45 @@ def bench_mednext(args) -> dict:
     from monai.losses import DiceCELoss
     from monai.networks.nets import MedNeXt
 
+    from nets.mednext import SIZES
+
     torch.manual_seed(0)
-    c0, k = args.mednext_channels, args.kernel
-    ours = nets.build_network("mednext", size="S", kernel=k, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES,
-                              deep_supervision=True, base_channels=c0)
-    # MONAI's create_mednext('S') settings, at our width
+    c0, k, size_name = args.mednext_channels, args.kernel, args.size
+    ours = nets.build_network("mednext", size=size_name, kernel=k, in_channels=IN_CHANNELS,
+                              num_classes=NUM_CLASSES, deep_supervision=True, base_channels=c0)
+    # MONAI's create_mednext(size) settings (same ratios and block counts as ours), at our width
+    ratios, blocks = SIZES[size_name]
     peer = MedNeXt(spatial_dims=3, init_filters=c0, in_channels=IN_CHANNELS, out_channels=NUM_CLASSES,
-                   encoder_expansion_ratio=2, decoder_expansion_ratio=2, bottleneck_expansion_ratio=2,
-                   kernel_size=k, deep_supervision=True, use_residual_connection=True,
-                   blocks_down=(2, 2, 2, 2), blocks_bottleneck=2, blocks_up=(2, 2, 2, 2), norm_type="group")
+                   encoder_expansion_ratio=ratios[:4], bottleneck_expansion_ratio=ratios[4],
+                   decoder_expansion_ratio=ratios[5:], kernel_size=k, deep_supervision=True,
+                   use_residual_connection=True, blocks_down=blocks[:4], blocks_bottleneck=blocks[4],
+                   blocks_up=blocks[5:], norm_type="group")
+    if len(set(ratios)) > 1:
+        # MONAI's down block i expands by encoder ratio i; the original MedNeXt (and ours) by the
+        # ratio of the stage it leads to (exp_r[i + 1]). Rebuild those blocks from MONAI's own class
+        # so both sides compute the same network.
+        from monai.networks.blocks.mednext_block import MedNeXtDownBlock
+        for i, blk in enumerate(peer.down_blocks):
+            peer.down_blocks[i] = MedNeXtDownBlock(c0 * 2 ** i, c0 * 2 ** (i + 1), expansion_ratio=ratios[i + 1],
+                                                   kernel_size=k, use_residual_connection=True,
+                                                   norm_type="group", dim="3d")
     ours.load_state_dict(mednext_ours_state(ours, peer), strict=True)
     pc_ours, pc_peer = n_params(ours), n_params(peer)
-    print(f"MedNeXt-S C={c0} k={k} parameters: ours {pc_ours:,}  MONAI {pc_peer:,}")
+    print(f"MedNeXt-{size_name} C={c0} k={k} parameters: ours {pc_ours:,}  MONAI {pc_peer:,}")
+    ours, peer = ours.to(DEVICE), peer.to(DEVICE)
 
     g = torch.Generator().manual_seed(2)
     size = args.mednext_patch
-    x = torch.randn((args.batch, IN_CHANNELS, size, size, size), generator=g)
+    x = torch.randn((args.batch, IN_CHANNELS, size, size, size), generator=g).to(DEVICE)
     target = torch.zeros((args.batch, 1, size, size, size))
     c = size // 2
     target[:, :, c - 10:c + 10, c - 8:c + 12, c - 6:c + 6] = 1
-    with torch.no_grad():
+    target = target.to(DEVICE)
+    with torch.no_grad():   # equal math is checked in fp32 (TF32 off) on every device
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
         o, p = ours.train()(x), peer.train()(x)
+        torch.backends.cudnn.allow_tf32 = tf32
     diff = max_diff(o, list(p))
     print(f"MedNeXt outputs ({len(o)} heads) max |ours - MONAI| = {diff:.2e}")
 
@@ -276,13 +312,18 @@ def bench_mednext(args) -> dict:
     opt_peer = torch.optim.AdamW(peer.parameters(), lr=1e-3, eps=1e-4, weight_decay=3e-5)
     steps = {"ours": make_step(ours, loss_ours, opt_ours, x, target),
              "monai": make_step(peer, lambda out, t: loss_peer(list(out), t), opt_peer, x, target)}
+    if DEVICE.type == "cuda":
+        # our default on CUDA is contiguous; channels_last_3d (the CPU default) for comparison
+        cl = copy.deepcopy(ours)
+        cl.channels_last = True
+        steps["ours_channels_last"] = make_step(cl, loss_ours, make_optimizer("adamw", cl.parameters()), x, target)
     flops = {kk: step_flops(fn) for kk, fn in steps.items()}
     print(f"MedNeXt FLOPs per step: ours {flops['ours'] / 1e9:.2f} G, MONAI {flops['monai'] / 1e9:.2f} G")
     times, gemm = interleaved(steps, args.repeats)
     result = summarise("mednext", times, gemm, flops, args, goal=1.5,
                        extra=dict(params_ours=pc_ours, params_peer=pc_peer, max_abs_output_diff=diff,
                                   loss_ours=lo, loss_peer=lp, peer_name="monai"))
-    if args.profile or result["ratio"] < 1.5:
+    if DEVICE.type == "cpu" and (args.profile or result["ratio"] < 1.5):
         profile(steps["ours"], "ours MedNeXt")
     return result
 
@@ -316,6 +357,8 @@ def summarise(name, times, gemm, flops, args, goal, extra) -> dict:
     for k in med:
         print(f"  {k:7s} {flops[k] / 1e9:.2f} GFLOP/step -> {flops[k] / med[k] / 1e9:.1f} GFLOP/s = "
               f"{100 * util[k]:.0f} % of the GEMM rate")
+    if "ours_channels_last" in med:
+        print(f"  channels_last_3d vs contiguous (ours): {med['ours'] / med['ours_channels_last']:.2f}x")
     ratio = med[peer_name] / med["ours"]
     # each round runs both back to back under the same load: the median of the per-round
     # ratios is steadier than the ratio of medians on a shared machine
@@ -332,6 +375,9 @@ def summarise(name, times, gemm, flops, args, goal, extra) -> dict:
 
 
 def device_string(args) -> str:
+    if DEVICE.type == "cuda":
+        return (f"{torch.cuda.get_device_name(DEVICE)}, {'bf16 autocast' if AMP_DTYPE else 'fp32'}, "
+                f"torch {torch.__version__}")
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -351,8 +397,18 @@ def main(argv=None) -> int:
     ap.add_argument("--mednext-patch", type=int, default=64)
     ap.add_argument("--mednext-channels", type=int, default=16)
     ap.add_argument("--kernel", type=int, default=3)
+    ap.add_argument("--size", choices=("S", "B", "M", "L"), default="S", help="MedNeXt size")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (CUDA: MedNeXt only)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     ap.add_argument("--profile", action="store_true", help="profile our MedNeXt step even if it meets its goal")
     args = ap.parse_args(argv)
+    global DEVICE, AMP_DTYPE
+    DEVICE = torch.device(args.device)
+    AMP_DTYPE = torch.bfloat16 if args.amp else None
+    if DEVICE.type == "cuda" and args.net != "mednext":
+        ap.error("--device cuda compares MedNeXt only (use --net mednext)")
+    if args.amp and DEVICE.type != "cuda":
+        ap.error("--amp needs --device cuda")
     torch.set_num_threads(args.threads)
     print(f"load average at start: {os.getloadavg()} on {os.cpu_count()} cores "
           "(the machine is shared: timings are noisy, medians of interleaved runs)")

@@ -253,3 +253,19 @@ def test_lcc_only_when_cross_validation_says_so(tmp_path):
     (run / "fold_1" / "validation.json").write_text(json.dumps({"mean_dice": 0.7, "mean_dice_lcc": 0.9}))
     assert infer.lcc_helps([run]) is True   # mean 0.70 >= 0.65
     assert infer.lcc_helps([tmp_path / "empty"]) is True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_inference_matches_cpu(trained):
+    """infer.py on CUDA (fp16 autocast, batched windows) writes the masks the CPU path writes."""
+    tmp, ds = trained
+    outs = {}
+    for device in ("cpu", "cuda"):
+        outs[device] = tmp / f"pred_{device}"
+        assert infer.main(["--runs-dir", str(tmp / "runs"), "--data", str(ds), "--split", "all", "--device",
+                           device, "--output", str(outs[device]), "--tta-axes", "0", "-q"]) == 0
+    for f in sorted((outs["cpu"] / "pred_segmentations").glob("*.nii.gz")):
+        a = np.asarray(nib.load(f).dataobj)
+        b = np.asarray(nib.load(outs["cuda"] / "pred_segmentations" / f.name).dataobj)
+        assert a.shape == b.shape and np.sum(a != b) <= 0.01 * max(1, a.sum() + b.sum()), f.name

@@ -208,3 +208,30 @@ def test_depthwise_conv_fast_backward_equals_conv3d(channels_last):
         grads.append((y.detach(), x.grad, m.weight.grad, m.bias.grad))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_forward_and_gradients():
+    """The fast CPU depthwise/pointwise paths and cuDNN compute the same network (fp32, TF32 off);
+    bf16 autocast stays close."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 32, 16, 16)
+    cpu = tiny()
+    gpu = tiny().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        l1, g1 = _loss_and_grads(cpu, x)
+        l2, g2 = _loss_and_grads(gpu, x.cuda())
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    torch.testing.assert_close(l2.cpu(), l1, rtol=1e-4, atol=1e-5)
+    for k in g1:
+        torch.testing.assert_close(g2[k].cpu(), g1[k], rtol=1e-3, atol=1e-4)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        half = gpu.eval()(x.cuda())
+    with torch.no_grad():
+        full = cpu.eval()(x)
+    assert float((half.float().cpu() - full).abs().max()) < 0.1 * float(full.abs().max())
