@@ -15,6 +15,13 @@ stage s = 0..S-1, with ``strides[0] == (1, 1, 1)``.
 Parameter count for the same topology is identical to nnU-Net's ``PlainConvUNet(conv_bias=True)``
 (see tests/test_unet.py for the closed formula).
 
+Memory format: by default (``channels_last=None``) the network is built in ``channels_last_3d``
+(weights and activations) on a machine without CUDA, where oneDNN's 3D convolutions train a few
+percent faster that way (16-128 features, 64^3, batch 2, 2 threads on the development machine:
+1.80 s/step vs 1.85 contiguous; channels_last activations with contiguous weights were slower,
+1.92 s), and contiguous where CUDA is available. Logits are returned contiguous.
+``True``/``False`` force one format.
+
 Output contract (shared by every network here): a list of ``S-1`` logit tensors, full resolution
 first, when ``deep_supervision`` is on and the module is training; otherwise one tensor
 ``(B, num_classes, X, Y, Z)``.
@@ -84,7 +91,8 @@ class UNet(nn.Module):
     """Plain 3D U-Net; see the module docstring. Build with :func:`build_unet`."""
 
     def __init__(self, in_channels: int, num_classes: int, features, kernel_sizes, strides,
-                 n_conv_per_stage=2, n_conv_per_stage_decoder=None, deep_supervision: bool = True):
+                 n_conv_per_stage=2, n_conv_per_stage_decoder=None, deep_supervision: bool = True,
+                 channels_last: bool | None = None):
         super().__init__()
         if in_channels < 1 or num_classes < 1:
             raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
@@ -110,10 +118,17 @@ class UNet(nn.Module):
         self.heads = nn.ModuleList(nn.Conv3d(features[s], num_classes, 1, bias=True)
                                    for s in range(len(features) - 1))
         he_init_(self)
+        if channels_last is None:
+            channels_last = not torch.cuda.is_available()
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``(B, in_channels, X, Y, Z)`` -> logits (see the output contract in the module docstring)."""
         _check_patch(x.shape[2:], self.strides)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -123,7 +138,7 @@ class UNet(nn.Module):
         for s in range(len(self.features) - 2, -1, -1):
             x = self.decoder[s](torch.cat((self.up[s](x), skips[s]), dim=1))
             if all_heads or s == 0:
-                outputs.append(self.heads[s](x))
+                outputs.append(self.heads[s](x).contiguous())
         return outputs[::-1] if all_heads else outputs[0]
 
     def activation_elements(self, patch_size: Sequence[int], batch_size: int = 1) -> int:
@@ -164,7 +179,8 @@ def unet_activation_elements(patch_size: Sequence[int], *, num_classes: int, fea
 
 
 def build_unet(in_channels: int, num_classes: int, features: Sequence[int], kernel_sizes, strides,
-               n_conv_per_stage=2, n_conv_per_stage_decoder=None, deep_supervision: bool = True) -> UNet:
+               n_conv_per_stage=2, n_conv_per_stage_decoder=None, deep_supervision: bool = True,
+               channels_last: bool | None = None) -> UNet:
     """nnU-Net plain 3D U-Net.
 
     Args:
@@ -177,6 +193,7 @@ def build_unet(in_channels: int, num_classes: int, features: Sequence[int], kern
         n_conv_per_stage_decoder: convs per decoder stage (int or S-1 entries); default: as the
             encoder stage of the same resolution.
         deep_supervision: return all decoder heads while training.
+        channels_last: memory format (default: ``channels_last_3d`` without CUDA, see the module docstring).
     """
     return UNet(in_channels, num_classes, features, kernel_sizes, strides, n_conv_per_stage,
-                n_conv_per_stage_decoder, deep_supervision)
+                n_conv_per_stage_decoder, deep_supervision, channels_last)

@@ -105,6 +105,21 @@ def test_output_contract_train_and_eval():
     assert isinstance(net_nods(x), torch.Tensor)
 
 
+def test_memory_formats_compute_the_same_network():
+    torch.manual_seed(0)
+    a = build_unet(2, 3, (4, 8, 12), 3, (1, 2, 2), channels_last=False)
+    torch.manual_seed(0)
+    b = build_unet(2, 3, (4, 8, 12), 3, (1, 2, 2), channels_last=True)
+    assert next(b.parameters()).is_contiguous(memory_format=torch.channels_last_3d)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 2, 8, 8, 12)
+    oa, ob = a.train()(x), b.train()(x)
+    assert all(o.is_contiguous() for o in ob)
+    for u, v in zip(oa, ob):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+    assert build_unet(2, 3, (4, 8), 3, (1, 2)).channels_last == (not torch.cuda.is_available())
+
+
 def test_gradients_reach_every_parameter():
     net = tiny_unet().train()
     sum(o.square().mean() for o in net(torch.randn(1, 2, 4, 8, 12))).backward()
