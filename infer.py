@@ -34,7 +34,7 @@ from core.postprocess import largest_component, mask_to_box
 from core.sliding_window import sliding_window_predict
 from data import io, mamamia
 from data.cache import cache_key
-from data.preprocess import body_box, preprocess, restore_probabilities
+from data.preprocess import body_box, preprocess, restore_logits, restore_probabilities
 from nets import checkpoint as ckptlib
 
 log = logging.getLogger("infer")
@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-skip-air", action="store_true",
                    help="run every window, also those outside the body (slower; for comparisons)")
     p.add_argument("--save-probabilities", action="store_true", help="also write tumour probability maps")
+    p.add_argument("--average", choices=("probabilities", "logits"), default="probabilities",
+                   help="what windows, flips and models average: softmax probabilities (default) or "
+                        "logits, restored before the softmax (nnU-Net v2's way)")
     p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch")
     p.add_argument("--window-batch", type=int, default=None, help="windows per network call")
     p.add_argument("--device", default=None)
@@ -158,11 +161,15 @@ def intersect(a, b):
 
 
 def predict_case(case: mamamia.Case, members: list[Member], prepared, device, tta_axes, step,
-                 window_batch, restrict_box: bool, skip_air: bool = True) -> np.ndarray:
+                 window_batch, restrict_box: bool, skip_air: bool = True,
+                 average: str = "probabilities") -> np.ndarray:
     """Averaged tumour probability on the original grid of the annotated phase.
 
     ``skip_air``: windows outside the body's bounding box are not run (their output is
-    background); ``restrict_box``: likewise outside the JSON breast box.
+    background); ``restrict_box``: likewise outside the JSON breast box. ``average``:
+    ``"probabilities"`` averages softmax outputs over windows, flips and models and restores the
+    tumour probability; ``"logits"`` (nnU-Net v2) averages logits, restores the tumour-minus-
+    background logit margin to the original grid and returns its sigmoid (the two-class softmax).
     """
     img, _, meta = prepared
     x = torch.from_numpy(img)
@@ -170,13 +177,18 @@ def predict_case(case: mamamia.Case, members: list[Member], prepared, device, tt
     if restrict_box and case.breast_box is not None:
         box = intersect(box, box_on_preprocessed(case.breast_box, meta))
     total = None
+    logits = average == "logits"
     for m in members:
-        probs = sliding_window_predict(m.model, x, m.plan.patch_size, num_classes=2, step=step,
-                                       device=device, accum_device="cpu", tta_axes=tta_axes,
-                                       window_batch=window_batch, box=box,
-                                       autocast_dtype=torch.float16 if device.type == "cuda" else None)
-        total = probs if total is None else total.add_(probs)
+        out = sliding_window_predict(m.model, x, m.plan.patch_size, num_classes=2, step=step,
+                                     device=device, accum_device="cpu", tta_axes=tta_axes,
+                                     window_batch=window_batch, box=box, average=average,
+                                     return_logits=logits,
+                                     autocast_dtype=torch.float16 if device.type == "cuda" else None)
+        total = out if total is None else total.add_(out)
     total /= len(members)
+    if logits:
+        margin = restore_logits(total[1:2] - total[0:1], meta)[0]
+        return 1.0 / (1.0 + np.exp(-np.clip(margin, -80, 80)))
     return restore_probabilities(total, meta)[1]
 
 
@@ -226,7 +238,7 @@ def prepare_output(out: Path, overwrite: bool) -> None:
 
 def run(cases, members, out: Path, device, tta_axes=(0, 1, 2), step=0.5, window_batch=None,
         lcc=True, breast_box=False, restrict_box=False, save_probabilities=False, progress=True,
-        overwrite=False, skip_air=True) -> dict:
+        overwrite=False, skip_air=True, average="probabilities") -> dict:
     """Predict every case; per-case errors are collected, never stop the others."""
     plan = members[0].plan
     window_batch = window_batch or (4 if device.type == "cuda" else 1)
@@ -262,7 +274,7 @@ def run(cases, members, out: Path, device, tta_axes=(0, 1, 2), step=0.5, window_
             try:
                 prepared = pending[i].result()
                 prob = predict_case(case, members, prepared, device, tta_axes, step, window_batch, restrict_box,
-                                    skip_air)
+                                    skip_air, average)
                 mask = postprocess(prob, case, lcc, breast_box)
                 writes.append((case.patient_id, writer.submit(write, case, mask,
                                                               prob if save_probabilities else None)))
@@ -361,12 +373,12 @@ def main(argv=None) -> int:
     result = run(cases, members, out, device, tta_axes=tta, step=args.step, window_batch=args.window_batch,
                  lcc=use_lcc, breast_box=args.breast_box, restrict_box=args.restrict_to_box,
                  save_probabilities=args.save_probabilities, progress=not args.quiet, overwrite=args.overwrite,
-                 skip_air=not args.no_skip_air)
+                 skip_air=not args.no_skip_air, average=args.average)
     manifest = {
         "runs": [str(r) for r in runs],
         "checkpoints": [str(m.checkpoint) for m in members],
         "plan_hashes": sorted({planlib.plan_hash(m.plan) for m in members}),
-        "settings": {"tta_axes": list(tta), "step": args.step, "lcc": use_lcc,
+        "settings": {"tta_axes": list(tta), "step": args.step, "lcc": use_lcc, "average": args.average,
                      "skip_air": not args.no_skip_air,
                      "breast_box": args.breast_box, "restrict_to_box": args.restrict_to_box,
                      "checkpoint": args.checkpoint, "device": str(device)},

@@ -84,8 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N epochs of this invocation (continue later with --resume)")
     p.add_argument("--budget", help="planning budget: cpu, 8GB (default on CUDA), 40GB, 80GB, <n>GB")
-    p.add_argument("--spacing", default="1,1,1", help="target spacing in mm, or 'auto' for nnU-Net's "
-                   "median rule (default 1,1,1 like the MAMA-MIA seeds)")
+    p.add_argument("--spacing", default=None, help="target spacing in mm, or 'auto' for nnU-Net's "
+                   "median rule (default 1,1,1 like the MAMA-MIA seeds; the CPU plan uses 1.5,1.5,1.5)")
     p.add_argument("--normalisation", default="zscore", choices=("zscore", "zscore_joint", "none"))
     p.add_argument("--clahe", action="store_true", help="per-slice CLAHE before normalisation (ablation)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -152,7 +152,20 @@ def network_kwargs(plan: planlib.Plan, cfg: TrainConfig) -> dict:
 def make_plan(cases, args, phases, device) -> planlib.Plan:
     fp = cache.compute_fingerprint(cases, phases, workers=args.workers, progress=not args.quiet)
     budget = args.budget or ("8GB" if device.type == "cuda" else "cpu")
-    spacing = None if args.spacing == "auto" else tuple(float(s) for s in args.spacing.split(","))
+    if args.spacing is None:
+        # The CPU plan resamples to 1.5 mm: a 48^3 patch then sees 72 mm (tumour and its
+        # surroundings) instead of 48 mm. On the default phantom, same 20 x 25 schedule, fold-0
+        # validation Dice rose from 0.55 (0.43 with the largest component) at 1 mm to 0.72 (0.83).
+        spacing = (1.5, 1.5, 1.5) if budget == "cpu" else (1.0, 1.0, 1.0)
+    elif args.spacing == "auto":
+        spacing = None
+    else:
+        try:
+            spacing = tuple(float(s) for s in args.spacing.split(","))
+        except ValueError:
+            raise SystemExit(f"--spacing {args.spacing!r}: expected 'auto' or three numbers like 1,1,1")
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise SystemExit(f"--spacing {args.spacing!r}: expected three positive numbers like 1,1,1")
 
     def act(spec, patch, batch):  # the networks count their own activations
         kw = dict(num_classes=2)

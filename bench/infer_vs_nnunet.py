@@ -209,7 +209,7 @@ def child(args) -> int:
         members = [infer.Member("bench", model.eval(), plan, Path(args.weights))]
         t0 = time.perf_counter()
         res = infer.run(cases, members, out, torch.device("cpu"), tta_axes=(), step=0.5, lcc=False,
-                        progress=False, overwrite=True, skip_air=not args.no_skip_air)
+                        progress=False, overwrite=True, skip_air=not args.no_skip_air, average=args.average)
         seconds = time.perf_counter() - t0
         if res["errors"]:
             raise RuntimeError(f"ours failed on {res['errors']}")
@@ -234,6 +234,7 @@ def spawn(worker: str, args, root: Path, out: Path, model_dir: Path, weights: Pa
         cmd += ["--cases", args.cases]
     if args.no_skip_air:
         cmd.append("--no-skip-air")
+    cmd += ["--average", args.average]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{worker} run failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
@@ -267,6 +268,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-skip-air", action="store_true",
                     help="run our sliding window over the whole volume too (infer.run skips windows "
                          "outside the body's bounding box by default; nnU-Net has no such step)")
+    ap.add_argument("--average", choices=("logits", "probabilities"), default="logits",
+                    help="what ours averages and restores: logits (nnU-Net's definition, default) or "
+                         "probabilities (infer.py's default)")
     ap.add_argument("--worker", choices=("ours", "nnunet"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)

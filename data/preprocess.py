@@ -98,11 +98,25 @@ def zscore(image: np.ndarray, mode: str = "zscore", mask: np.ndarray | None = No
         raise ValueError(f"normalisation must be zscore, zscore_joint or none, got {mode!r}")
     out = np.empty(image.shape, np.float32)
     sel = (lambda a: a[mask]) if mask is not None else (lambda a: a.ravel())
+
+    def moments(a: np.ndarray) -> tuple[float, float]:
+        # float64 accumulation without float64 copies of the volume: mean, then the sum of
+        # squared deviations of a float32 difference (two passes, numerically like np.std)
+        n = max(a.size, 1)
+        m = float(a.mean(dtype=np.float64)) if a.size else 0.0
+        d = a.astype(np.float32) - np.float32(m)
+        corr = float(d.sum(dtype=np.float64)) / n           # removes the float32 rounding of m
+        np.square(d, out=d)
+        return m + corr, max(float(d.sum(dtype=np.float64)) / n - corr * corr, 0.0) ** 0.5
+
     if mode == "zscore_joint":
-        vals = np.concatenate([sel(c).astype(np.float64) for c in image])
-        stats = [(vals.mean(), vals.std())] * image.shape[0]
+        sums = [moments(sel(c)) + (sel(c).size,) for c in image]
+        n = sum(k for _, _, k in sums) or 1
+        m = sum(mu * k for mu, _, k in sums) / n
+        var = sum(k * (sd * sd + (mu - m) ** 2) for mu, sd, k in sums) / n
+        stats = [(m, var ** 0.5)] * image.shape[0]
     else:
-        stats = [(sel(c).astype(np.float64).mean(), sel(c).astype(np.float64).std()) for c in image]
+        stats = [moments(sel(c)) for c in image]
     for i, (m, s) in enumerate(stats):
         if s < MIN_STD:
             log.warning("channel %d is constant (std %.3g): normalised to zeros", i, s)
@@ -284,11 +298,9 @@ def preprocess(case: mamamia.Case, plan, with_mask: bool = True, nan_policy: str
     return img, m, meta
 
 
-def restore_probabilities(probs: np.ndarray | torch.Tensor, meta: CaseMeta) -> np.ndarray:
-    """Put ``(K, *resampled_shape)`` class probabilities back on the original grid: linear
-    resampling to the cropped shape (nearest along a separately treated coarse axis), then the
-    crop is undone with background (class 0 probability 1) outside the box."""
-    p = torch.as_tensor(probs, dtype=torch.float32)
+def _restore_cropped(p: torch.Tensor, meta: CaseMeta) -> torch.Tensor:
+    """``(K, *resampled_shape)`` -> ``(K, *cropped_shape)``: linear resampling (nearest along a
+    separately treated coarse axis), nnU-Net's order 1 / order_z 0 for predictions."""
     if tuple(p.shape[1:]) != tuple(meta.resampled_shape):
         raise ValueError(f"{meta.patient_id}: prediction shape {tuple(p.shape[1:])} != preprocessed "
                          f"shape {meta.resampled_shape}")
@@ -301,8 +313,29 @@ def restore_probabilities(probs: np.ndarray | torch.Tensor, meta: CaseMeta) -> n
             inplane = tuple(a for a in range(3) if a != sep)
             p = _interp_axes(p, tuple(cs[a] for a in inplane), inplane, "bilinear")
             p = _interp_axes(p, (cs[inplane[0]], cs[sep]), (inplane[0], sep), "nearest-exact")
+    return p
+
+
+def restore_probabilities(probs: np.ndarray | torch.Tensor, meta: CaseMeta) -> np.ndarray:
+    """Put ``(K, *resampled_shape)`` class probabilities back on the original grid: linear
+    resampling to the cropped shape (nearest along a separately treated coarse axis), then the
+    crop is undone with background (class 0 probability 1) outside the box."""
+    p = _restore_cropped(torch.as_tensor(probs, dtype=torch.float32), meta)
     out = np.zeros((p.shape[0],) + tuple(meta.original_shape), np.float32)
     out[0] = 1.0
+    out[(slice(None),) + tuple(slice(a, b) for a, b in meta.crop_box)] = p.numpy()
+    return out
+
+
+def restore_logits(logits: np.ndarray | torch.Tensor, meta: CaseMeta, fill: float = -1e4) -> np.ndarray:
+    """Put ``(K, *resampled_shape)`` logits (or logit margins) back on the original grid, nnU-Net
+    v2's way: the logits themselves are resampled (linearly, as :func:`restore_probabilities`),
+    the softmax comes after. Outside the crop every channel is ``fill``, except channel 0
+    (background) of a multi-channel input, which is 0."""
+    p = _restore_cropped(torch.as_tensor(logits, dtype=torch.float32), meta)
+    out = np.full((p.shape[0],) + tuple(meta.original_shape), fill, np.float32)
+    if p.shape[0] > 1:
+        out[0] = 0.0
     out[(slice(None),) + tuple(slice(a, b) for a, b in meta.crop_box)] = p.numpy()
     return out
 

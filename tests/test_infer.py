@@ -100,6 +100,13 @@ def test_ensemble_averages_probabilities(tmp_path):
     assert prob.shape == prepared[2].original_shape
     # outside the nonzero crop the prediction is background
     assert prob[0, 0, 0] == 0.0
+    # nnU-Net's way: logits are averaged, so the ensemble is softmax(mean logit), not mean softmax
+    prob = infer.predict_case(case, [m(0.2), m(0.5)], prepared, torch.device("cpu"), (), 0.5, 1, False,
+                              skip_air=False, average="logits")
+    inside = prob[tuple(slice(a, b) for a, b in box)]
+    expected = 1 / (1 + np.exp(-(np.log(0.2 / 0.8) + np.log(0.5 / 0.5)) / 2))
+    np.testing.assert_allclose(inside, expected, atol=1e-5)
+    assert prob.shape == prepared[2].original_shape and prob[0, 0, 0] < 1e-6
 
 
 def test_postprocess_lcc_and_breast_box():

@@ -126,6 +126,25 @@ def test_restore_rejects_wrong_shape():
         pp.restore_probabilities(np.zeros((2, 3, 4, 4)), meta)
 
 
+def test_restore_logits_resamples_linearly_and_fills_outside():
+    """A logit ramp along x on a 2x coarser grid comes back as the same ramp (linear resampling
+    reproduces linear functions away from the edges); outside the crop: background."""
+    shape = (24, 12, 8)
+    out, _, meta, _ = _meta_case(shape, (0.5, 0.5, 0.5), (1, 1, 1), _blob(shape, (12, 6, 4), (5, 3, 2)))
+    coarse = out.shape[1:]
+    assert coarse[0] * 2 == meta.cropped_shape[0] and meta.crop_box[0][0] == 2
+    ramp = np.broadcast_to(np.arange(coarse[0], dtype=np.float32)[:, None, None], coarse)
+    back = pp.restore_logits(ramp[None], meta)
+    inside = back[0][tuple(slice(a, b) for a, b in meta.crop_box)]
+    # original voxel i (crop coordinates) sits at coarse coordinate (i + 0.5) / 2 - 0.5
+    i = np.arange(inside.shape[0])
+    want = np.clip((i + 0.5) / 2 - 0.5, 0, coarse[0] - 1)
+    np.testing.assert_allclose(inside[:, 3, 3], want, atol=1e-5)
+    assert back[0][0, 0, 0] == -1e4
+    two = pp.restore_logits(np.stack([ramp, ramp]), meta)
+    assert two[0][0, 0, 0] == 0.0 and two[1][0, 0, 0] == -1e4
+
+
 def test_meta_json_round_trip():
     meta = pp.CaseMeta("X", (4, 5, 6), (1, 1, 2), tuple(map(tuple, np.eye(4))),
                        ((0, 4), (1, 5), (0, 6)), (4, 4, 6), (1, 1, 1), (4, 4, 12), "a.nii.gz")
