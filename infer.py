@@ -34,7 +34,7 @@ from core.postprocess import largest_component, mask_to_box
 from core.sliding_window import sliding_window_predict
 from data import io, mamamia
 from data.cache import cache_key
-from data.preprocess import body_box, preprocess, restore_logits, restore_probabilities
+from data.preprocess import body_box, body_mask, preprocess, restore_logits, restore_probabilities
 from nets import checkpoint as ckptlib
 
 log = logging.getLogger("infer")
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--restrict-to-box", action="store_true",
                    help="only run the network inside the breast box (faster; output outside is background)")
     p.add_argument("--no-skip-air", action="store_true",
-                   help="run every window, also those outside the body (slower; for comparisons)")
+                   help="run every window, also those with no body voxel (slower; for comparisons)")
     p.add_argument("--save-probabilities", action="store_true", help="also write tumour probability maps")
     p.add_argument("--average", choices=("probabilities", "logits"), default="probabilities",
                    help="what windows, flips and models average: softmax probabilities (default) or "
@@ -165,15 +165,16 @@ def predict_case(case: mamamia.Case, members: list[Member], prepared, device, tt
                  average: str = "probabilities") -> np.ndarray:
     """Averaged tumour probability on the original grid of the annotated phase.
 
-    ``skip_air``: windows outside the body's bounding box are not run (their output is
-    background); ``restrict_box``: likewise outside the JSON breast box. ``average``:
+    ``skip_air``: windows with no body voxel (outside the body's bounding box, or in the air of
+    its corners) are not run (their share is background); ``restrict_box``: likewise outside the JSON breast box. ``average``:
     ``"probabilities"`` averages softmax outputs over windows, flips and models and restores the
     tumour probability; ``"logits"`` (nnU-Net v2) averages logits, restores the tumour-minus-
     background logit margin to the original grid and returns its sigmoid (the two-class softmax).
     """
     img, _, meta = prepared
     x = torch.from_numpy(img)
-    box = body_box(img) if skip_air else None
+    body = body_mask(img) if skip_air else None
+    box = body_box(img, mask=body) if body is not None else None
     if restrict_box and case.breast_box is not None:
         box = intersect(box, box_on_preprocessed(case.breast_box, meta))
     total = None
@@ -181,7 +182,7 @@ def predict_case(case: mamamia.Case, members: list[Member], prepared, device, tt
     for m in members:
         out = sliding_window_predict(m.model, x, m.plan.patch_size, num_classes=2, step=step,
                                      device=device, accum_device="cpu", tta_axes=tta_axes,
-                                     window_batch=window_batch, box=box, average=average,
+                                     window_batch=window_batch, box=box, region=body, average=average,
                                      return_logits=logits,
                                      autocast_dtype=torch.float16 if device.type == "cuda" else None)
         total = out if total is None else total.add_(out)

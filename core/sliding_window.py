@@ -184,6 +184,8 @@ def sliding_window_predict(
     skip_empty: bool = False,
     background_value: float = 0.0,
     box: Sequence[slice] | None = None,
+    region=None,
+    region_margin: int = 4,
     average: str = "probabilities",
     return_logits: bool = False,
     autocast_dtype: torch.dtype | None = None,
@@ -209,6 +211,10 @@ def sliding_window_predict(
         background_value: value of every channel outside the body after preprocessing.
         box: spatial slices (X, Y, Z) of ``image``; windows outside are not run and the output
             outside is background (class 0 probability 1; logits (0, -1e4, ...)).
+        region: boolean (X, Y, Z) map of where there can be foreground (e.g. the body); a window
+            with no True voxel within ``region_margin`` voxels of it is not run, and its share of
+            the average is background, as outside ``box``. Unlike ``box`` this skips the air in
+            the corners of the body's bounding box too.
         average: "probabilities" (softmax per window, then mean) or "logits" (nnU-Net v2: mean of
             logits, softmax at the end).
         return_logits: with average="logits", return the averaged logits instead of the softmax.
@@ -269,6 +275,17 @@ def sliding_window_predict(
         flags = torch.stack([nonempty[w].any() for w in windows]).tolist()
     else:
         flags = [True] * len(windows)
+    background_windows = [False] * len(windows)
+    if region is not None:
+        reg = torch.as_tensor(region).to("cpu", torch.bool)
+        if tuple(reg.shape) != shape:
+            raise ValueError(f"region shape {tuple(reg.shape)} != image shape {shape}")
+        reg_p = torch.zeros(pshape, dtype=torch.bool)
+        reg_p[crop] = reg
+        for k, w in enumerate(windows):
+            grown = tuple(slice(max(0, sl.start - region_margin), sl.stop + region_margin) for sl in w)
+            if flags[k] and not bool(reg_p[grown].any()):
+                flags[k], background_windows[k] = False, True
     n_todo = sum(flags)
     log.debug("sliding window: %d windows (%d empty), patch %s, volume %s",
               len(windows), len(windows) - n_todo, patch, shape)
@@ -289,14 +306,21 @@ def sliding_window_predict(
     # which callers summing fold predictions would trip over.
     with torch.no_grad():
         const_pred = None
-        if n_todo < len(windows):
+        bg_pred = None
+        if any(background_windows):
+            bg_pred = torch.zeros((num_classes, *patch), dtype=torch.float32, device=accum_device)
+            if probabilities:
+                bg_pred[0] = 1.0
+            else:
+                bg_pred[1:] = -_BACKGROUND_LOGIT_GAP
+        if n_todo < len(windows) - sum(background_windows):
             const = torch.full((1, padded.shape[0], *patch), background_value, dtype=padded.dtype)
             const_pred = run(const)[0]
         # Windows are accumulated in grid order whatever is skipped or batched, so the float sums
         # (and hence the output) are bitwise those of the run without skipping.
         groups, pending, batch = [], [], []
         for k, (w, f) in enumerate(zip(windows, flags)):
-            pending.append((w, f))
+            pending.append((w, f, background_windows[k]))
             if f:
                 batch.append(w)
             if len(batch) == window_batch or k + 1 == len(windows):
@@ -313,8 +337,8 @@ def sliding_window_predict(
         done = 0
         for pend, bat, x in _prefetch(gather()):
             preds = iter(run(x)) if x is not None else iter(())
-            for pw, pf in pend:
-                acc[(slice(None), *pw)].addcmul_(next(preds) if pf else const_pred, weight)
+            for pw, pf, pb in pend:
+                acc[(slice(None), *pw)].addcmul_(next(preds) if pf else bg_pred if pb else const_pred, weight)
             if bat:
                 done += len(bat)
                 if progress is not None:

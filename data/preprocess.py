@@ -347,14 +347,13 @@ def restore_mask(mask: np.ndarray, meta: CaseMeta) -> np.ndarray:
     return (restore_probabilities(probs, meta)[1] > 0.5).astype(np.uint8)
 
 
-def body_box(image: np.ndarray, margin: int = 8) -> tuple[slice, slice, slice] | None:
-    """Bounding box (plus ``margin`` voxels) of the body in a preprocessed ``(C, X, Y, Z)`` array.
+def body_mask(image: np.ndarray) -> np.ndarray | None:
+    """The body in a preprocessed ``(C, X, Y, Z)`` array, as a boolean ``(X, Y, Z)`` map.
 
     Air is the darkest signal in every DCE phase: the body is the largest connected region of
     the channel mean above ``p1 + 0.1 * (p99 - p1)`` (a threshold low enough that dark tissue
     stays in, unlike Otsu's, which splits bright enhancing tissue from the rest when a crop left
-    little air). Windows outside this box need not be run through a network: there is no tissue,
-    hence no tumour. Returns None when no body is found or the box would not save anything.
+    little air). None when the image is flat or nothing is above the threshold.
     """
     from scipy import ndimage
 
@@ -367,8 +366,23 @@ def body_box(image: np.ndarray, margin: int = 8) -> tuple[slice, slice, slice] |
     if n == 0:
         return None
     sizes = ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))
-    region = ndimage.find_objects((labels == int(np.argmax(sizes)) + 1).astype(np.uint8))[0]
-    box = tuple(slice(max(0, s.start - margin), min(dim, s.stop + margin)) for s, dim in zip(region, mean.shape))
-    if np.prod([b.stop - b.start for b in box]) > 0.95 * mean.size:
+    return labels == int(np.argmax(sizes)) + 1
+
+
+def body_box(image: np.ndarray, margin: int = 8, mask: np.ndarray | None = None) -> tuple[slice, slice, slice] | None:
+    """Bounding box (plus ``margin`` voxels) of :func:`body_mask` (or of ``mask`` when given).
+
+    Windows outside this box need not be run through a network: there is no tissue, hence no
+    tumour. Returns None when no body is found or the box would not save anything.
+    """
+    from scipy import ndimage
+
+    body = body_mask(image) if mask is None else mask
+    if body is None or not body.any():
+        return None
+    region = ndimage.find_objects(body.astype(np.uint8))[0]
+    shape = body.shape
+    box = tuple(slice(max(0, s.start - margin), min(dim, s.stop + margin)) for s, dim in zip(region, shape))
+    if np.prod([b.stop - b.start for b in box]) > 0.95 * body.size:
         return None
     return box

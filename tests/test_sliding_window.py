@@ -255,6 +255,49 @@ def test_box_restricts_windows_and_output():
     assert (logits[0][outside] == 0).all() and (logits[1:][:, outside] == -1e4).all()
 
 
+@pytest.mark.parametrize("average", ["probabilities", "logits"])
+def test_region_skips_windows_without_foreground_region(average):
+    """A window with no region voxel within the margin is not run and counts as background; the
+    reference is the full computation with those windows' predictions replaced by background."""
+    net = _conv_net(2, 2)
+    x = torch.randn(2, 24, 24, 24)
+    region = torch.zeros(24, 24, 24, dtype=torch.bool)
+    region[2:5, 2:5, 2:5] = True
+    counted = _Counting(net)
+    out = sliding_window_predict(counted, x, (8, 8, 8), 2, region=region, region_margin=1, average=average)
+    # starts 0, 4, 8, 12, 16 per axis; windows within 1 voxel of [2, 5): starts 0 and 4 -> 2^3
+    assert counted.seen == 8
+
+    bg = torch.tensor([1.0, 0.0]) if average == "probabilities" else torch.tensor([0.0, -1e4])
+
+    def masked(t):
+        pred = net(t)
+        if average == "probabilities":
+            pred = torch.softmax(pred, 1)
+        return pred
+
+    # reference by hand: Gaussian-weighted mean over all 125 windows, run or background
+    from core.sliding_window import gaussian_importance_map, window_starts
+    w = gaussian_importance_map((8, 8, 8))
+    acc = torch.zeros(2, 24, 24, 24)
+    norm = torch.zeros(24, 24, 24)
+    for sx in window_starts(24, 8):
+        for sy in window_starts(24, 8):
+            for sz in window_starts(24, 8):
+                sl = (slice(sx, sx + 8), slice(sy, sy + 8), slice(sz, sz + 8))
+                near = all(s.start < 5 + 1 and s.stop > 2 - 1 for s in sl)
+                with torch.no_grad():
+                    p = masked(x[(slice(None), *sl)][None])[0] if near else bg[:, None, None, None].expand(2, 8, 8, 8)
+                acc[(slice(None), *sl)] += p * w
+                norm[sl] += w
+    ref = acc / norm
+    if average == "logits":
+        ref = torch.softmax(ref, 0)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="region shape"):
+        sliding_window_predict(net, x, (8, 8, 8), 2, region=region[:4])
+
+
 @pytest.mark.parametrize("tta_axes", [(0,), (0, 2), (0, 1, 2)])
 def test_tta_equals_mean_of_flipped_predictions(tta_axes):
     net = _conv_net(2, 3)  # random 3x3x3 kernels: not flip-equivariant
