@@ -31,7 +31,7 @@ import torch
 
 from core import plan as planlib
 from core.postprocess import largest_component, mask_to_box
-from core.sliding_window import sliding_window_predict
+from core.sliding_window import default_window_batch, sliding_window_predict
 from data import io, mamamia
 from data.cache import cache_key
 from data.preprocess import body_box, body_mask, preprocess, restore_logits, restore_probabilities
@@ -77,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="what windows, flips and models average: softmax probabilities (default) or "
                         "logits, restored before the softmax (nnU-Net v2's way)")
     p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch")
-    p.add_argument("--window-batch", type=int, default=None, help="windows per network call")
+    p.add_argument("--window-batch", type=int, default=None,
+                   help="windows per network call (default 4 on CUDA, 2 on CPU)")
     p.add_argument("--device", default=None)
     p.add_argument("--pcr", action="store_true", help="also predict pCR and write predictions.csv")
     p.add_argument("--pcr-run", help="pCR model: a run name or folder (default: the latest runs/*/pcr_model.pt)")
@@ -242,7 +243,7 @@ def run(cases, members, out: Path, device, tta_axes=(0, 1, 2), step=0.5, window_
         overwrite=False, skip_air=True, average="probabilities") -> dict:
     """Predict every case; per-case errors are collected, never stop the others."""
     plan = members[0].plan
-    window_batch = window_batch or (4 if device.type == "cuda" else 1)
+    window_batch = window_batch or default_window_batch(device)
     errors, timings = {}, {}
     seg_dir = out / "pred_segmentations"
     prob_dir = out / "probabilities"

@@ -35,7 +35,7 @@ from data import cache, mamamia
 from core.metrics import dice as dice_score
 from core.optim import DEFAULT_OPTIMIZER, GRAD_CLIP, make_optimizer, poly_lr, set_lr
 from core.postprocess import largest_component
-from core.sliding_window import sliding_window_predict
+from core.sliding_window import default_window_batch, sliding_window_predict
 from data import augment
 from data.loader import BatchLoader
 from data.sampler import PatchSampler
@@ -264,7 +264,8 @@ def validate_cases(model, cases, plan, device, autocast_dtype=None) -> dict:
         for c in cases:
             img = torch.from_numpy(np.array(c.image))
             probs = sliding_window_predict(model, img, plan.patch_size, num_classes=2, device=device,
-                                           autocast_dtype=autocast_dtype)
+                                           autocast_dtype=autocast_dtype,
+                                           window_batch=default_window_batch(device))
             pred = (probs.argmax(0) == 1).cpu().numpy()
             gt = np.asarray(c.label[0]) == 1
             out[c.patient_id] = (float(dice_score(pred, gt)), float(dice_score(largest_component(pred), gt)))

@@ -57,6 +57,15 @@ _GAUSSIAN_TRUNCATE = 4.0
 Box = tuple[slice, slice, slice]
 
 
+def default_window_batch(device: torch.device | str) -> int:
+    """Windows per network call: 4 on CUDA; 2 on CPU. On CPU a batch of one sends many 3D
+    convolutions to aten's im2col ``slow_conv3d`` path instead of oneDNN (PyTorch's CPU heuristic
+    keeps oneDNN for batch-1 inputs only when N*C*D*H > 20480, e.g. not for 16 channels at 32^3):
+    measured on the development CPU, 2 threads, U-Net 8-64 features, 64^3 windows: 0.25 s per
+    window at batch 1, 0.12 s at batch 2, 0.14 s at batch 4."""
+    return 4 if torch.device(device).type == "cuda" else 2
+
+
 def window_starts(size: int, patch: int, step: float = 0.5) -> list[int]:
     """First voxel of every window along one axis, nnU-Net v2's rule.
 
