@@ -170,3 +170,15 @@ def test_body_box_finds_the_bright_region_with_margin():
     img[:, 35, 35, 35] = 2.0  # a speck of noise outside the body is ignored
     assert pp.body_box(img, margin=2) == (slice(8, 22), slice(3, 32), slice(6, 14))
     assert pp.body_box(np.zeros((1, 5, 5, 5), np.float32)) is None
+
+
+def test_body_mask_keeps_every_large_region():
+    """A breast cut off from the thorax is body too; a speck in the air is not."""
+    img = np.full((2, 60, 60, 40), -1.0, np.float32)
+    img[:, 5:45, 5:45, 5:35] = 2.0      # thorax, 48,000 voxels
+    img[:, 50:58, 50:58, 10:30] = 2.0    # separate region, 1,280 voxels
+    img[:, 2, 55, 2] = 2.0               # speck
+    body = pp.body_mask(img)
+    assert body[52, 52, 20] and body[20, 20, 20] and not body[2, 55, 2]
+    assert body.sum() == 40 * 40 * 30 + 8 * 8 * 20
+    assert pp.body_box(img, margin=0) == (slice(5, 58), slice(5, 58), slice(5, 35))
