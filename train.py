@@ -86,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", help="planning budget: cpu, 8GB (default on CUDA), 40GB, 80GB, <n>GB")
     p.add_argument("--spacing", default=None, help="target spacing in mm, or 'auto' for nnU-Net's "
                    "median rule (default 1,1,1 like the MAMA-MIA seeds; the CPU plan uses 1.5,1.5,1.5)")
+    p.add_argument("--resampling", choices=("cubic", "spline"), default="cubic",
+                   help="image interpolation: Keys cubic (default, fast) or order-3 B-spline (nnU-Net's)")
     p.add_argument("--normalisation", default="zscore", choices=("zscore", "zscore_joint", "none"))
     p.add_argument("--clahe", action="store_true", help="per-slice CLAHE before normalisation (ablation)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -178,7 +180,7 @@ def make_plan(cases, args, phases, device) -> planlib.Plan:
     plan = planner.make_plan(fp, channels=range(len(phases)), spacing=spacing, budget=budget,
                              normalisation=args.normalisation, activation_elements=act, clahe=args.clahe)
     import dataclasses
-    plan = dataclasses.replace(plan, channels=tuple(phases))
+    plan = dataclasses.replace(plan, channels=tuple(phases), resampling=args.resampling)
     if budget == "cpu" and args.arch == "mednext" and not any(o.startswith("patch_size=") for o in args.set):
         # measured on the 2-core development CPU: a MedNeXt-S step costs ~3x a U-Net step per
         # voxel (depthwise convolutions), so the CPU plan trains MedNeXt on 48^3 patches

@@ -2,12 +2,15 @@
 ``nnUNetPredictor.predict_from_files``.
 
 Both sides read the NIfTI phases 0-2 of every case, preprocess (crop to nonzero, z-score per
-channel, resample to 1 mm with cubic interpolation), predict with the same network weights
+channel, resample to 1 mm with order-3 spline interpolation: our plan's ``resampling='spline'``,
+``--resampling cubic`` for our default Keys kernel), predict with the same network weights
 (plain 4-stage U-Net, kernel 3, 2 convs per stage; features 8-64 by default, see below),
 sliding window 64^3, 50 % overlap, Gaussian weighting, no flip TTA, put the prediction back on
-the original grid and write ``<id>.nii.gz``. No postprocessing on either side (ours with
-``lcc=False``; nnU-Net applies none unless asked). Ours runs with its default ``skip_air``
-(windows outside the body's bounding box are not computed, which nnU-Net does not do);
+the original grid and write ``<id>.nii.gz``. Ours averages and restores logits as nnU-Net does
+(``--average probabilities`` for infer.py's default). No postprocessing on either side (ours with
+``lcc=False``; nnU-Net applies none unless asked). Ours runs with its defaults ``skip_air``
+(windows with no body voxel are not computed, which nnU-Net does not do) and two windows per
+network call on CPU (``core.sliding_window.default_window_batch``);
 ``--no-skip-air`` makes both sides compute every window. Same thread count: torch intra-op threads = N
 on both; each pipelines reading and writing beside the network (ours: one reader and one writer
 thread; nnU-Net: one preprocessing and one export process).
@@ -203,7 +206,7 @@ def child(args) -> int:
     else:
         import infer
         from preprocess_vs_nnunet import bench_plan
-        plan = bench_plan(len(CHANNELS), patch=PATCH, features=args.features)
+        plan = bench_plan(len(CHANNELS), patch=PATCH, features=args.features, resampling=args.resampling)
         model = build_model(args.features)
         model.load_state_dict(torch.load(args.weights, map_location="cpu"))
         members = [infer.Member("bench", model.eval(), plan, Path(args.weights))]
@@ -234,7 +237,7 @@ def spawn(worker: str, args, root: Path, out: Path, model_dir: Path, weights: Pa
         cmd += ["--cases", args.cases]
     if args.no_skip_air:
         cmd.append("--no-skip-air")
-    cmd += ["--average", args.average]
+    cmd += ["--average", args.average, "--resampling", args.resampling]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{worker} run failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
@@ -271,6 +274,9 @@ def main(argv=None) -> int:
     ap.add_argument("--average", choices=("logits", "probabilities"), default="logits",
                     help="what ours averages and restores: logits (nnU-Net's definition, default) or "
                          "probabilities (infer.py's default)")
+    ap.add_argument("--resampling", choices=("spline", "cubic"), default="spline",
+                    help="our plan's image resampling: spline (nnU-Net's order 3, default: the same "
+                         "plan on both sides) or cubic (our default, Keys)")
     ap.add_argument("--worker", choices=("ours", "nnunet"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -292,7 +298,7 @@ def main(argv=None) -> int:
     print(f"{len(cases)} case(s) from {root}: {[c.patient_id for c in cases]}; load average "
           f"{os.getloadavg()} on {os.cpu_count()} cores (shared machine)", flush=True)
 
-    plan = bench_plan(len(CHANNELS), patch=PATCH, features=args.features)
+    plan = bench_plan(len(CHANNELS), patch=PATCH, features=args.features, resampling=args.resampling)
     tag = hashlib.sha256(f"{root.resolve()}|{[c.patient_id for c in cases]}|{args.features}|{args.train_steps}"
                          .encode()).hexdigest()[:10]
     weights = REPO / ".cache" / "bench" / f"infer_unet_{tag}.pt"

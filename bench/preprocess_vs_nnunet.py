@@ -105,7 +105,7 @@ def nnunet_plans(n_channels: int, target_spacing=TARGET_SPACING, patch_size=(64,
     return plans, dataset
 
 
-def bench_plan(n_channels: int, patch=(64, 64, 64), features=(16, 32, 64, 128)):
+def bench_plan(n_channels: int, patch=(64, 64, 64), features=(16, 32, 64, 128), resampling: str = "cubic"):
     """Our ``Plan`` for the same settings (z-score per channel, no nonzero mask, 1 mm)."""
     from core.plan import ArchSpec, IntensityStats, Plan
     n = len(features)
@@ -114,7 +114,8 @@ def bench_plan(n_channels: int, patch=(64, 64, 64), features=(16, 32, 64, 128)):
     return Plan(target_spacing=TARGET_SPACING, channels=tuple(range(n_channels)),
                 normalisation=("zscore",) * n_channels, patch_size=patch, batch_size=2,
                 median_shape=(315, 315, 168), intensity_stats=(IntensityStats(0.0, 1.0, -1.0, 1.0),) * n_channels,
-                archs={"unet": unet}, use_nonzero_mask=False, clahe=False, separate_z_resampling=True)
+                archs={"unet": unet}, use_nonzero_mask=False, clahe=False, separate_z_resampling=True,
+                resampling=resampling)
 
 
 def ensure_case(data: str | None, case_id: str | None) -> tuple[Path, str]:

@@ -82,7 +82,7 @@ def compute_fingerprint(cases, phases, workers: int = 2, progress: bool = True, 
 # ----------------------------------------------------------------------------- the cache
 
 PREPROCESS_FIELDS = ("target_spacing", "channels", "normalisation", "use_nonzero_mask", "clahe",
-                     "separate_z_resampling", "format_version")
+                     "separate_z_resampling", "resampling", "format_version")
 
 
 def cache_key(plan: Plan) -> str:

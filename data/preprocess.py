@@ -198,16 +198,39 @@ def cubic_axis(x: torch.Tensor, axis: int, n_out: int) -> torch.Tensor:
     return out
 
 
-def resample(array: np.ndarray, new_shape, is_mask: bool = False, separate_axis: int | None = None) -> np.ndarray:
+def _spline(array: np.ndarray, new_shape, separate_axis: int | None) -> np.ndarray:
+    """Order-3 B-spline resampling, pixel-centre aligned with replicated edges: what nnU-Net's
+    ``resize(order=3, mode='edge', anti_aliasing=False)`` computes (scikit-image calls
+    ``ndimage.zoom(grid_mode=True)``); a separate axis goes after the others with order 0."""
+    from scipy import ndimage
+
+    out = np.empty((array.shape[0],) + tuple(new_shape), np.float32)
+    for c, ch in enumerate(np.asarray(array, np.float32)):
+        zoom = [n / o if a != separate_axis else 1.0 for a, (n, o) in enumerate(zip(new_shape, ch.shape))]
+        ch = ndimage.zoom(ch, zoom, order=3, mode="nearest", grid_mode=True)
+        if separate_axis is not None:
+            zoom = [1.0 if a != separate_axis else new_shape[a] / ch.shape[a] for a in range(3)]
+            ch = ndimage.zoom(ch, zoom, order=0, mode="nearest", grid_mode=True)
+        out[c] = ch
+    return out
+
+
+def resample(array: np.ndarray, new_shape, is_mask: bool = False, separate_axis: int | None = None,
+             method: str = "cubic") -> np.ndarray:
     """Resample ``(C, X, Y, Z)`` to ``new_shape``.
 
-    Images: cubic (separable Keys cubic convolution), masks: linear then > 0.5.
-    ``separate_axis``: the coarse axis of an anisotropic volume, resampled with nearest-neighbour
-    after the other two (nnU-Net's rule for spacing ratios > 3).
+    Images: ``method`` 'cubic' (separable Keys cubic convolution) or 'spline' (order-3 B-spline,
+    nnU-Net's); masks: linear then > 0.5. ``separate_axis``: the coarse axis of an anisotropic
+    volume, resampled with nearest-neighbour after the other two (nnU-Net's rule for spacing
+    ratios > 3).
     """
     new_shape = tuple(int(s) for s in new_shape)
+    if method not in ("cubic", "spline"):
+        raise ValueError(f"resampling method must be 'cubic' or 'spline', got {method!r}")
     if tuple(array.shape[1:]) == new_shape:
         return array.copy() if not is_mask else (array > 0.5).astype(np.uint8)
+    if method == "spline" and not is_mask:
+        return _spline(array, new_shape, separate_axis)
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if separate_axis is not None:
         inplane = tuple(a for a in range(3) if a != separate_axis)
@@ -249,7 +272,8 @@ def _norm_mode(normalisation) -> str:
 
 def preprocess_arrays(image: np.ndarray, spacing, target_spacing, normalisation="zscore",
                       mask: np.ndarray | None = None, use_clahe: bool = False,
-                      use_nonzero_mask: bool | None = None, separate_z: bool = True):
+                      use_nonzero_mask: bool | None = None, separate_z: bool = True,
+                      resampling: str = "cubic"):
     """Pure-array preprocessing. Returns ``(image, mask_or_None, crop_box, cropped_shape)``.
 
     ``use_nonzero_mask``: statistics (and output) restricted to the nonzero region; None decides
@@ -269,7 +293,7 @@ def preprocess_arrays(image: np.ndarray, spacing, target_spacing, normalisation=
         img[:, ~norm_mask] = 0
     new_shape = target_shape(cropped_shape, spacing, target_spacing)
     sep = anisotropic_axis(spacing, target_spacing) if separate_z else None
-    img = resample(img, new_shape, separate_axis=sep)
+    img = resample(img, new_shape, separate_axis=sep, method=resampling)
     if m is not None:
         m = resample(m[None].astype(np.float32), new_shape, is_mask=True, separate_axis=sep)[0]
     return img, m, box, cropped_shape
@@ -285,7 +309,7 @@ def preprocess(case: mamamia.Case, plan, with_mask: bool = True, nan_policy: str
         mask = mamamia.load_mask(case, affine, image.shape[1:])
     img, m, box, cshape = preprocess_arrays(image, spacing, plan.target_spacing, plan.normalisation,
                                             mask, plan.clahe, plan.use_nonzero_mask,
-                                            plan.separate_z_resampling)
+                                            plan.separate_z_resampling, plan.resampling)
     ref = case.phase_path(mamamia.ANNOTATED_PHASE) if mamamia.ANNOTATED_PHASE in case.phase_numbers \
         else case.phase_paths[0]
     meta = CaseMeta(patient_id=case.patient_id, original_shape=tuple(image.shape[1:]),

@@ -151,7 +151,7 @@ def test_fingerprint_validation():
 # hash
 # ----------------------------------------------------------------------------------------------
 def test_plan_hash_is_sha256_of_canonical_json():
-    p = _plan()
+    p = dataclasses.replace(_plan(), resampling="spline")  # every key present in the hash
     reference = hashlib.sha256(json.dumps(json.loads(to_json(p)), sort_keys=True,
                                           separators=(",", ":")).encode()).hexdigest()
     assert plan_hash(p) == reference
@@ -164,6 +164,23 @@ def test_plan_hash_stable():
     assert plan_hash(a) == plan_hash(b) == plan_hash(from_json(to_json(a)))
     # pinned: a change here means the plan format changed (bump PLAN_FORMAT_VERSION)
     assert plan_hash(a) == PINNED_HASH
+
+
+def test_resampling_key_added_later():
+    """Plans written before ``resampling`` existed load with 'cubic' and keep their hash; a
+    spline plan hashes differently; an unknown method is refused."""
+    import dataclasses
+    import json
+    a = _plan()
+    d = json.loads(to_json(a))
+    assert d["resampling"] == "cubic"
+    del d["resampling"]
+    old = from_json(json.dumps(d))
+    assert old == a and plan_hash(old) == PINNED_HASH
+    spline = dataclasses.replace(a, resampling="spline")
+    assert plan_hash(spline) != PINNED_HASH and from_json(to_json(spline)).resampling == "spline"
+    with pytest.raises(ValueError, match="resampling"):
+        dataclasses.replace(a, resampling="lanczos")
 
 
 PINNED_HASH = "e4969e660d6e4b04d4a0ce9c35de8183d2b7c57ea53504d49cce47392a18369b"
