@@ -97,6 +97,9 @@ def test_bad_arguments(ds, tmp_path):
         train.main(_args(ds, tmp_path, "--fold", "7"))
     with pytest.raises(SystemExit, match="training case"):
         train.main(_args(ds, tmp_path, "--centers", "NACT"))
+    for bad in ("1,1", "1,x,1", "1,0,1"):
+        with pytest.raises(SystemExit, match="--spacing"):
+            train.main(_args(ds, tmp_path, "--spacing", bad))
 
 
 @pytest.mark.gpu
