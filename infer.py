@@ -167,8 +167,8 @@ def predict_case(case: mamamia.Case, members: list[Member], prepared, device, tt
     """Averaged tumour probability on the original grid of the annotated phase.
 
     ``skip_air``: windows with no body voxel (outside the body's bounding box, or in the air of
-    its corners) are not run (their share is background); ``restrict_box``: likewise outside the JSON breast box. ``average``:
-    ``"probabilities"`` averages softmax outputs over windows, flips and models and restores the
+    its corners) are not run (their share is background); ``restrict_box``: likewise outside the
+    JSON breast box. ``average``: ``"probabilities"`` averages softmax outputs over windows, flips and models and restores the
     tumour probability; ``"logits"`` (nnU-Net v2) averages logits, restores the tumour-minus-
     background logit margin to the original grid and returns its sigmoid (the two-class softmax).
     """

@@ -45,7 +45,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -251,13 +250,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def device_string(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu {cpu}, {threads} threads, load avg {os.getloadavg()[0]:.1f} (shared machine)"
+    from common import cpu_device_string
+    return cpu_device_string(threads)
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -222,13 +221,8 @@ def compare(ours_path: str, peer_path: str, box_ours, box_peer) -> dict:
 
 
 def device_string(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu {cpu}, {threads} threads, load avg {os.getloadavg()[0]:.1f} (shared machine)"
+    from common import cpu_device_string
+    return cpu_device_string(threads)
 
 
 def main(argv=None) -> int:

@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -378,13 +377,8 @@ def device_string(args) -> str:
     if DEVICE.type == "cuda":
         return (f"{torch.cuda.get_device_name(DEVICE)}, {'bf16 autocast' if AMP_DTYPE else 'fp32'}, "
                 f"torch {torch.__version__}")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu {cpu}, {args.threads} threads, fp32, load avg {os.getloadavg()[0]:.1f} (shared machine)"
+    from common import cpu_device_string
+    return cpu_device_string(args.threads, "fp32")
 
 
 def main(argv=None) -> int:

@@ -278,7 +278,7 @@ class Plan:
     separate_z_resampling: resample an axis > 3x coarser than the finest separately with order 0
     (nnU-Net's anisotropy handling). resampling: image interpolation, 'cubic' (separable Keys
     cubic convolution, the default: fast, no overshoot-prone prefilter) or 'spline' (order-3
-    B-spline, nnU-Net's; with it our masks match nnU-Net's predictor to Dice >= 0.9996). The
+    B-spline, nnU-Net's; with it our masks match nnU-Net's predictor to Dice >= 0.9994). The
     ``archs`` dict must be treated as read-only.
     """
 

@@ -104,13 +104,14 @@ def zscore(image: np.ndarray, mode: str = "zscore", mask: np.ndarray | None = No
         # squared deviations of a float32 difference (two passes, numerically like np.std)
         n = max(a.size, 1)
         m = float(a.mean(dtype=np.float64)) if a.size else 0.0
-        d = a.astype(np.float32) - np.float32(m)
+        d = np.subtract(a, np.float32(m), dtype=np.float32)
         corr = float(d.sum(dtype=np.float64)) / n           # removes the float32 rounding of m
         np.square(d, out=d)
         return m + corr, max(float(d.sum(dtype=np.float64)) / n - corr * corr, 0.0) ** 0.5
 
     if mode == "zscore_joint":
-        sums = [moments(sel(c)) + (sel(c).size,) for c in image]
+        parts = [sel(c) for c in image]
+        sums = [moments(a) + (a.size,) for a in parts]
         n = sum(k for _, _, k in sums) or 1
         m = sum(mu * k for mu, _, k in sums) / n
         var = sum(k * (sd * sd + (mu - m) ** 2) for mu, sd, k in sums) / n
