@@ -9,40 +9,23 @@ Per case: the phases the model was trained on are read and preprocessed with the
 the checkpoint (the same function as training), every model predicts softmax probabilities
 (averaged over flips, folds and runs), the average is put back on the grid of the first
 post-contrast phase, thresholded, reduced to its largest 26-connected component and optionally
-masked with the JSON breast box. Outputs: ``OUTPUT/pred_segmentations/<patient_id>.nii.gz``
-(uint8 {0,1}, same header geometry as the input phase), optional probability maps, and
-``predictions_manifest.json``. Reading and preprocessing of the next cases and writing of the
-previous ones run in background threads while the network works.
+masked with the JSON breast box. Outputs: OUTPUT/pred_segmentations/<patient_id>.nii.gz (uint8
+{0,1}, same header geometry as the input phase), optional probability maps, and
+predictions_manifest.json (which models and settings made each file).
+
+One prediction writes into a folder at a time (OUTPUT/.lock). A rerun into the same folder
+completes what an interrupted one left: files made by the same models and settings are kept;
+files made by others need --overwrite.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
-
-from core import plan as planlib
-from core.postprocess import largest_component, mask_to_box
-from core.sliding_window import default_window_batch, sliding_window_predict
-from data import io, mamamia
-from data.cache import cache_key
-from data.preprocess import body_box, body_mask, preprocess, restore_logits, restore_probabilities
-from nets import checkpoint as ckptlib
-
-log = logging.getLogger("infer")
-REPO = Path(__file__).resolve().parent
-
-
-def default_runs_dir() -> Path:
-    return Path(os.environ.get("MAMAMIA_RUNS", REPO / "runs"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --data: which split to predict (default test)")
     p.add_argument("--ids", help="only these patient ids (comma separated)")
     p.add_argument("--output", help="output folder (default ./predictions/<run>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder's results")
+    p.add_argument("--overwrite", action="store_true", help="replace predictions made by other models or settings")
     p.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
     p.add_argument("--tta-axes", default="0,1,2", help="axes to mirror for TTA (default all: 8 passes)")
     lcc = p.add_mutually_exclusive_group()
@@ -86,320 +69,86 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# ----------------------------------------------------------------------------- models
-
-@dataclass
-class Member:
-    """One network of the ensemble and the plan it must be fed with."""
-    name: str
-    model: torch.nn.Module
-    plan: planlib.Plan
-    checkpoint: Path
-
-
-def latest_run(runs_dir: Path) -> Path:
-    runs = [p.parent for p in runs_dir.glob("*/config.json")
-            if any(p.parent.glob("fold_*/checkpoint_*.pt"))]
-    if not runs:
-        raise SystemExit(f"{runs_dir}: no trained run found (train one with train.py)")
-    return max(runs, key=lambda r: max(f.stat().st_mtime for f in r.glob("fold_*/checkpoint_*.pt")))
-
-
-def load_members(runs: list[Path], ensemble: bool, which: str, device) -> list[Member]:
-    members = []
-    for run in runs:
-        folds = sorted(run.glob("fold_*"))
-        if not ensemble:
-            folds = folds[:1]
-        found = [f / f"checkpoint_{which}.pt" for f in folds if (f / f"checkpoint_{which}.pt").exists()]
-        if not found:
-            raise SystemExit(f"{run}: no checkpoint_{which}.pt in any fold folder")
-        for ck in found:
-            state = ckptlib.load(ck)
-            plan = planlib.from_json(json.dumps(state["plan"]))
-            model = ckptlib.build_from(state).to(device)
-            members.append(Member(f"{run.name}/{ck.parent.name}", model, plan, ck))
-    keys = {cache_key(m.plan) for m in members}
-    if len(keys) > 1:
-        detail = "; ".join(f"{m.name}: channels {m.plan.channels}, spacing {m.plan.target_spacing}, "
-                           f"normalisation {m.plan.normalisation}" for m in members)
-        raise SystemExit(f"the ensemble mixes checkpoints with different preprocessing ({detail}); "
-                         "only models trained on the same plan can be averaged")
-    return members
-
-
-# ----------------------------------------------------------------------------- cases
-
-def input_cases(args) -> list[mamamia.Case]:
-    if args.input:
-        root = Path(args.input)
-        if (root / "images").is_dir() or (root / "IMAGES").is_dir():
-            cases = mamamia.load_dataset(root, strict_split_ids=False)
-        else:  # a bare folder of case folders: wrap it as an images/ folder
-            cases = mamamia.load_dataset_from_images(root)
-        split = None
-    else:
-        if args.data:
-            root = Path(args.data)
-        else:
-            from data import phantom
-            root = phantom.default_dataset()
-        cases = mamamia.load_dataset(root)
-        split = args.split if any(c.split for c in cases) else None
-    cases = mamamia.select(cases, split=split, ids=mamamia.parse_list(args.ids))
-    if not cases:
-        raise SystemExit("no cases to predict (check --data/--input, --split and --ids)")
-    return cases
-
-
-# ----------------------------------------------------------------------------- one case
-
-def intersect(a, b):
-    if a is None or b is None:
-        return a if b is None else b
-    return tuple(slice(max(x.start, y.start), max(max(x.start, y.start) + 1, min(x.stop, y.stop)))
-                 for x, y in zip(a, b))
-
-
-def predict_case(case: mamamia.Case, members: list[Member], prepared, device, tta_axes, step,
-                 window_batch, restrict_box: bool, skip_air: bool = True,
-                 average: str = "probabilities") -> np.ndarray:
-    """Averaged tumour probability on the original grid of the annotated phase.
-
-    ``skip_air``: windows with no body voxel (outside the body's bounding box, or in the air of
-    its corners) are not run (their share is background); ``restrict_box``: likewise outside the
-    JSON breast box. ``average``: ``"probabilities"`` averages softmax outputs over windows, flips and models and restores the
-    tumour probability; ``"logits"`` (nnU-Net v2) averages logits, restores the tumour-minus-
-    background logit margin to the original grid and returns its sigmoid (the two-class softmax).
-    """
-    img, _, meta = prepared
-    x = torch.from_numpy(img)
-    body = body_mask(img) if skip_air else None
-    box = body_box(img, mask=body) if body is not None else None
-    if restrict_box and case.breast_box is not None:
-        box = intersect(box, box_on_preprocessed(case.breast_box, meta))
-    total = None
-    logits = average == "logits"
-    for m in members:
-        out = sliding_window_predict(m.model, x, m.plan.patch_size, num_classes=2, step=step,
-                                     device=device, accum_device="cpu", tta_axes=tta_axes,
-                                     window_batch=window_batch, box=box, region=body, average=average,
-                                     return_logits=logits,
-                                     autocast_dtype=torch.float16 if device.type == "cuda" else None)
-        total = out if total is None else total.add_(out)
-    total /= len(members)
-    if logits:
-        margin = restore_logits(total[1:2] - total[0:1], meta)[0]
-        return 1.0 / (1.0 + np.exp(-np.clip(margin, -80, 80)))
-    return restore_probabilities(total, meta)[1]
-
-
-def box_on_preprocessed(box, meta) -> tuple[slice, slice, slice]:
-    """A box on the original grid mapped onto the cropped, resampled grid (rounded outwards)."""
-    out = []
-    for ax, sl in enumerate(box):
-        c0 = meta.crop_box[ax][0]
-        scale = meta.resampled_shape[ax] / meta.cropped_shape[ax]
-        lo = max(0, int(np.floor((sl.start - c0) * scale)))
-        hi = min(meta.resampled_shape[ax], int(np.ceil((sl.stop - c0) * scale)))
-        out.append(slice(lo, max(hi, lo + 1)))
-    return tuple(out)
-
-
-def lcc_helps(runs: list[Path]) -> bool:
-    """nnU-Net keeps largest-component postprocessing only if cross-validation says it helps:
-    mean fold validation Dice with it >= without it (folds without validation.json are ignored;
-    with no evidence at all the component filter is applied, as the challenge seeds did)."""
-    raw, lcc = [], []
-    for run in runs:
-        for f in run.glob("fold_*/validation.json"):
-            v = json.loads(f.read_text())
-            if "mean_dice_lcc" in v:
-                raw.append(v["mean_dice"])
-                lcc.append(v["mean_dice_lcc"])
-    return not raw or float(np.mean(lcc)) >= float(np.mean(raw))
-
-
-def postprocess(prob: np.ndarray, case: mamamia.Case, lcc: bool, breast_box: bool) -> np.ndarray:
-    mask = (prob > 0.5).astype(np.uint8)
-    if breast_box and case.breast_box is not None:
-        mask = mask_to_box(mask, case.breast_box)
-    if lcc:
-        mask = largest_component(mask)
-    return mask.astype(np.uint8)
-
-
-# ----------------------------------------------------------------------------- the folder
-
-def prepare_output(out: Path, overwrite: bool) -> None:
-    seg = out / "pred_segmentations"
-    if seg.exists() and any(seg.iterdir()) and not overwrite:
-        raise SystemExit(f"{out}: already holds predictions; pass --overwrite or choose another --output")
-    seg.mkdir(parents=True, exist_ok=True)
-
-
-def run(cases, members, out: Path, device, tta_axes=(0, 1, 2), step=0.5, window_batch=None,
-        lcc=True, breast_box=False, restrict_box=False, save_probabilities=False, progress=True,
-        overwrite=False, skip_air=True, average="probabilities") -> dict:
-    """Predict every case; per-case errors are collected, never stop the others."""
-    plan = members[0].plan
-    window_batch = window_batch or default_window_batch(device)
-    errors, timings = {}, {}
-    seg_dir = out / "pred_segmentations"
-    prob_dir = out / "probabilities"
-
-    def load(case):
-        return preprocess(case, plan, with_mask=False)
-
-    def write(case, mask, prob):
-        ref = io.load_header(case.phase_path(mamamia.ANNOTATED_PHASE) if mamamia.ANNOTATED_PHASE
-                             in case.phase_numbers else case.phase_paths[0])
-        protected = list(case.phase_paths) + ([case.mask_path] if case.mask_path else [])
-        io.save_nifti(seg_dir / f"{case.patient_id}.nii.gz", mask, ref.affine, dtype=np.uint8,
-                      reference=ref, overwrite=overwrite, protected=protected)
-        if prob is not None:
-            io.save_nifti(prob_dir / f"{case.patient_id}.nii.gz", prob.astype(np.float32), ref.affine,
-                          reference=ref, overwrite=overwrite, protected=protected)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(cases), desc="predict", unit="case", dynamic_ncols=True)
-    # one thread reads and preprocesses ahead, one writes behind: the network is the bottleneck
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-        pending = [reader.submit(load, c) for c in cases[:2]]
-        writes = []
-        for i, case in enumerate(cases):
-            t0 = time.time()
-            if i + 2 < len(cases):
-                pending.append(reader.submit(load, cases[i + 2]))
-            try:
-                prepared = pending[i].result()
-                prob = predict_case(case, members, prepared, device, tta_axes, step, window_batch, restrict_box,
-                                    skip_air, average)
-                mask = postprocess(prob, case, lcc, breast_box)
-                writes.append((case.patient_id, writer.submit(write, case, mask,
-                                                              prob if save_probabilities else None)))
-            except (OSError, ValueError, RuntimeError) as exc:
-                errors[case.patient_id] = f"{type(exc).__name__}: {exc}"
-                log.error("%s: %s", case.patient_id, exc)
-            timings[case.patient_id] = time.time() - t0
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(case=case.patient_id, s=f"{timings[case.patient_id]:.1f}")
-        for pid, fut in writes:
-            try:
-                fut.result()
-            except (OSError, ValueError) as exc:
-                errors[pid] = f"{type(exc).__name__}: {exc}"
-    if bar is not None:
-        bar.close()
-    return {"errors": errors, "seconds_per_case": timings}
-
-
-def predict_pcr(args, cases, out: Path) -> list[dict]:
-    """``--pcr``: features from the predicted masks in ``out`` -> the trained pCR model ->
-    ``out/predictions.csv`` (patient_id, pcr, score), the challenge format.
-
-    The model is ``--pcr-run NAME`` (a folder under the runs folder, or a path) or else the most
-    recently written ``<runs>/*/pcr_model.pt`` (``train.py --task pcr``). Features are cached in
-    ``out/pcr_features.csv``. A case whose predicted mask is missing or empty still gets a
-    prediction, from imputed image features (and its clinical data when the model uses them);
-    such cases are listed.
-    """
-    import csv as _csv
-    import io as _io
-    import pickle
-
-    from data import radiomics
-
-    runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
-    name = getattr(args, "pcr_run", None)
-    if name:
-        path = (Path(name) if (Path(name) / "pcr_model.pt").exists() else runs_dir / name) / "pcr_model.pt"
-        if not path.exists():
-            raise SystemExit(f"--pcr-run {name}: {path} not found")
-    else:
-        found = list(runs_dir.glob("*/pcr_model.pt"))
-        if not found:
-            raise SystemExit(f"{runs_dir}: no trained pCR model (train one with train.py --task pcr)")
-        path = max(found, key=lambda p: p.stat().st_mtime)
+def _parse_axes(text: str):
+    from core.errors import UserError
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        raise SystemExit(f"{path}: unreadable pCR model: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != "mamamia-pcr":
-        raise SystemExit(f"{path}: not a pCR model file (train.py --task pcr writes one)")
-    model = state["model"]
-    rcfg = radiomics.RadiomicsConfig.from_dict(model.settings["radiomics"])
-    masks = radiomics.predicted_masks(cases, out)
-    table = radiomics.extract_features(cases, masks, "predicted", rcfg, cache=out / "pcr_features.csv",
-                                       workers=min(2, os.cpu_count() or 1), progress=not args.quiet)
-    records = [radiomics.clinical_record(c) for c in cases]
-    score, label = model.predict(table.values, table.names, records)
-    buf = _io.StringIO()
-    w = _csv.writer(buf, lineterminator="\n")
-    w.writerow(["patient_id", "pcr", "score"])
-    for pid, lab, sc in zip(table.ids, label, score):
-        w.writerow([pid, int(lab), f"{float(sc):.6f}"])
-    io.atomic_write_text(out / "predictions.csv", buf.getvalue())
-    imputed = {pid: note for pid, note, ok in zip(table.ids, table.notes, table.valid) if not ok}
-    if imputed:
-        print(f"pCR: {len(imputed)} case(s) predicted from imputed image features: {imputed}")
-    print(f"pCR: {len(cases)} prediction(s), {int(label.sum())} pCR, threshold {model.threshold:.3f} "
-          f"(model {path.parent}) -> {out / 'predictions.csv'}")
-    return [{"patient_id": pid, "pcr": int(lab), "score": float(sc)} for pid, lab, sc in zip(table.ids, label, score)]
+        return tuple(int(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise UserError(f"--tta-axes {text!r}: expected axes like 0,1,2") from None
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir()
+def run(args) -> int:
+    import torch
+
+    from engine.outputs import OutputFolder
+    from engine.predictor import PredictSettings, Predictor, input_cases, lcc_helps, load_members
+    from engine.runs import RunDir, predictions_root
+    from core.errors import UserError
+    from core.plan import plan_hash
+
+    tta = () if args.no_tta else _parse_axes(args.tta_axes)
+    settings0 = PredictSettings(tta_axes=tta, step=args.step, window_batch=args.window_batch,
+                                breast_box=args.breast_box, restrict_box=args.restrict_to_box,
+                                skip_air=not args.no_skip_air, average=args.average,
+                                save_probabilities=args.save_probabilities)
     if args.runs:
-        runs = [Path(r) if Path(r).is_dir() else runs_dir / r for r in args.runs]
-        missing = [str(r) for r in runs if not r.is_dir()]
+        runs = [RunDir.named(r, args.runs_dir) for r in args.runs]
+        missing = [str(r.path) for r in runs if not r.path.is_dir()]
         if missing:
-            raise SystemExit(f"run folder(s) not found: {missing}")
+            raise UserError(f"run folder(s) not found: {missing}")
     else:
-        runs = [latest_run(runs_dir)]
+        runs = [RunDir.latest(args.runs_dir)]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cases = input_cases(args.data, args.input, args.split, ids=[i for i in (args.ids or "").split(",") if i] or None)
     members = load_members(runs, args.ensemble, args.checkpoint, device)
-    cases = input_cases(args)
-    out = Path(args.output) if args.output else REPO / "predictions" / "_".join(r.name for r in runs)
-    prepare_output(out, args.overwrite)
-    tta = () if args.no_tta else tuple(mamamia.parse_list(args.tta_axes, int) or ())
     use_lcc = False if args.no_lcc else (True if args.lcc else lcc_helps(runs))
+    settings = dataclasses.replace(settings0, lcc=use_lcc)
     print(f"largest-component postprocessing: {'on' if use_lcc else 'off'}"
           + ("" if args.no_lcc or args.lcc else " (from the runs' cross-validation)"))
-    t0 = time.time()
-    result = run(cases, members, out, device, tta_axes=tta, step=args.step, window_batch=args.window_batch,
-                 lcc=use_lcc, breast_box=args.breast_box, restrict_box=args.restrict_to_box,
-                 save_probabilities=args.save_probabilities, progress=not args.quiet, overwrite=args.overwrite,
-                 skip_air=not args.no_skip_air, average=args.average)
-    manifest = {
-        "runs": [str(r) for r in runs],
-        "checkpoints": [str(m.checkpoint) for m in members],
-        "plan_hashes": sorted({planlib.plan_hash(m.plan) for m in members}),
-        "settings": {"tta_axes": list(tta), "step": args.step, "lcc": use_lcc, "average": args.average,
-                     "skip_air": not args.no_skip_air,
-                     "breast_box": args.breast_box, "restrict_to_box": args.restrict_to_box,
-                     "checkpoint": args.checkpoint, "device": str(device)},
-        "cases": [c.patient_id for c in cases],
-        "seconds_per_case": result["seconds_per_case"], "errors": result["errors"],
-        "total_seconds": time.time() - t0,
-    }
-    io.atomic_write_text(out / "predictions_manifest.json", json.dumps(manifest, indent=1))
+    out = Path(args.output) if args.output else predictions_root() / "_".join(r.name for r in runs)
+    folder = OutputFolder(out)
+    producer = OutputFolder.producer([m.checkpoint for m in members], settings.to_dict())
+    with folder:
+        done = folder.plan_work([c.patient_id for c in cases], producer, args.overwrite)
+        if done:
+            print(f"{len(done)} case(s) already predicted by the same models and settings: kept")
+        t0 = time.time()
+        result = Predictor(members, device, settings).run(cases, out, overwrite=True,
+                                                          progress=not args.quiet, skip=done)
+        extra = {"runs": [str(r.path) for r in runs], "checkpoints": [str(m.checkpoint) for m in members],
+                 "plan_hashes": sorted({plan_hash(m.plan) for m in members}),
+                 "settings": {**settings.to_dict(), "checkpoint": args.checkpoint, "device": str(device)},
+                 "cases": [c.patient_id for c in cases], "seconds_per_case": result["seconds_per_case"],
+                 "errors": result["errors"], "total_seconds": time.time() - t0}
+        try:
+            folder.record(result["written"], producer, extra)
+        except OSError as exc:
+            result["errors"]["<manifest>"] = f"{exc}"
     ok = len(cases) - len(result["errors"])
     print(f"{ok}/{len(cases)} case(s) predicted into {out / 'pred_segmentations'} "
-          f"({manifest['total_seconds']:.1f} s, {manifest['total_seconds'] / max(len(cases), 1):.1f} s/case)")
+          f"({extra['total_seconds']:.1f} s, {extra['total_seconds'] / max(len(result['written']), 1):.1f} s/case)")
     if args.pcr:
-        predict_pcr(args, cases, out)
+        from engine.pcr_predict import find_pcr_model, predict_pcr
+        predict_pcr(cases, out, find_pcr_model(args.pcr_run, args.runs_dir), progress=not args.quiet)
     if result["errors"]:
         print(f"{len(result['errors'])} case(s) failed:")
         for pid, msg in result["errors"].items():
             print(f"  {pid}: {msg}")
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from core.errors import UserError
+    try:
+        return run(args)
+    except (UserError, FileNotFoundError) as exc:
+        if os.environ.get("MAMAMIA_DEBUG"):
+            raise
+        print(f"infer.py: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,21 +1,56 @@
-"""The training configuration: one frozen dataclass, stored in every checkpoint and run folder."""
+"""The description of a training run: one frozen dataclass, stored in the run folder and in
+every checkpoint, with the same strict codec as the plan (``core.plan``: unknown and missing keys
+are errors; keys added after a format version was released are listed in ``ADDED_KEYS``).
+
+``NetSpec`` is the network: its registry name and the builder's keyword arguments, derived
+once from the plan (``nets.network_spec``) and then the only description anything builds from
+(training, UpKern, inference, the submission wrapper, benchmarks).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from core.losses import LOSSES  # noqa: F401  (validated below)
+from core import plan as planlib
 
-TASKS = ("seg", "pcr")
+CONFIG_FORMAT_VERSION = 2
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """``value`` as JSON would return it (tuples become lists): equal descriptions compare equal
+    whether they were just built or read back from a file."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: not a JSON value ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A network: ``name`` in the ``nets`` registry and the builder's keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"NetSpec.name must be a registry name, got {self.name!r}")
+        if not isinstance(self.kwargs, dict):
+            raise ValueError(f"NetSpec.kwargs must be an object, got {self.kwargs!r}")
+        object.__setattr__(self, "kwargs", _json_value(self.kwargs, "NetSpec.kwargs"))
+
+    def with_kwargs(self, **changes) -> "NetSpec":
+        return NetSpec(self.name, {**self.kwargs, **changes})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "unet"                  # unet | mednext
-    size: str | None = None             # MedNeXt S/B/M/L (None: the plan's)
-    kernel: int | None = None           # MedNeXt kernel (None: the plan's)
+    network: NetSpec
     loss: str = "dice_ce"
-    optimizer: str | None = None        # sgd | adamw (None: sgd for unet, adamw for mednext)
+    optimizer: str = "sgd"              # core.optim.OPTIMIZERS
     lr: float | None = None             # None: the optimizer's default
+    schedule: str = "poly"              # core.optim.SCHEDULES
     epochs: int = 1000                  # nnU-Net: 1000 x 250 iterations
     iters_per_epoch: int = 250
     val_iters: int = 50
@@ -24,35 +59,64 @@ class TrainConfig:
     seed: int = 0
     folds: tuple[int, ...] = (0,)
     n_folds: int = 5
-    deep_supervision: bool = True
-    grad_checkpoint: bool = False
     amp: bool = True                    # used on CUDA only
     workers: int = 2                    # background batch workers
-    upkern_from: str | None = None
+    upkern_from: str | None = None      # the source run of an UpKern stage
+    format_version: int = CONFIG_FORMAT_VERSION
 
     def __post_init__(self):
-        if self.arch not in ("unet", "mednext"):
-            raise ValueError(f"arch must be unet or mednext, got {self.arch!r}")
+        from core.losses import LOSSES            # here, not at the top: keeps --help free of torch
+        from core.optim import OPTIMIZERS, SCHEDULES
+        planlib.coerce_fields(self)
+        if self.format_version != CONFIG_FORMAT_VERSION:
+            raise ValueError(f"TrainConfig.format_version {self.format_version} is not supported")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
         if self.epochs < 1 or self.iters_per_epoch < 1 or self.val_iters < 0:
             raise ValueError("epochs and iters_per_epoch must be >= 1, val_iters >= 0")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if any(not 0 <= f < self.n_folds for f in self.folds):
             raise ValueError(f"folds {self.folds} must lie in 0..{self.n_folds - 1}")
 
+    @property
+    def arch(self) -> str:
+        return self.network.name
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return planlib.to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown keys {unknown}")
-        d = dict(d)
-        if "folds" in d:
-            d["folds"] = tuple(d["folds"])
-        return cls(**d)
+    def from_dict(cls, d: dict, where: str = "TrainConfig") -> "TrainConfig":
+        return planlib.from_mapping(cls, d, where)
 
     def replace(self, **kw) -> "TrainConfig":
         return replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class DataSelection:
+    """Which cases a run trains on: the dataset, the selection flags and the resulting ids."""
+
+    root: str
+    centers: tuple[str, ...] | None
+    phases: tuple[int, ...]
+    cases: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        planlib.coerce_fields(self)
+
+    def to_dict(self) -> dict:
+        return planlib.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "DataSelection") -> "DataSelection":
+        return planlib.from_mapping(cls, d, where)

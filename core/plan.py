@@ -23,7 +23,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
+
+from core.atomic import atomic_write
 
 PLAN_FORMAT_VERSION = 1
 RESAMPLING = ("cubic", "spline")
@@ -54,6 +55,8 @@ def _hints(cls: type) -> dict[str, Any]:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert ``value`` to type ``tp`` (lists -> tuples, numpy scalars -> Python scalars,
     mappings -> dataclasses), raising ``ValueError`` that names ``where`` on a mismatch."""
+    if tp is Any:  # free-form JSON (builder arguments): checked by whoever consumes it
+        return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
@@ -125,6 +128,17 @@ def _coerce_fields(obj: Any) -> None:
     for f in dataclasses.fields(cls):
         value = _coerce(getattr(obj, f.name), _hints(cls)[f.name], f"{cls.__name__}.{f.name}")
         object.__setattr__(obj, f.name, value)
+
+
+# the codec every settings dataclass of the project uses (Plan, TrainConfig, ...)
+def from_mapping(cls: type, data: Mapping, where: str) -> Any:
+    """Build settings dataclass ``cls`` from a JSON object, strictly (see ``_from_mapping``)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    return _from_mapping(cls, data, where)
+
+
+coerce_fields = _coerce_fields
 
 
 def to_dict(obj: Any) -> Any:
@@ -362,28 +376,20 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def settings_hash(obj: Any) -> str:
+    """SHA-256 hex digest of ``canonical_json(obj)``: the one hash of a settings value."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
 def plan_hash(plan: Plan) -> str:
     """SHA-256 hex digest of ``canonical_json(plan)``."""
-    return hashlib.sha256(canonical_json(plan).encode("utf-8")).hexdigest()
+    return settings_hash(plan)
 
 
 def save_plan(obj: Any, path: Union[str, os.PathLike]) -> Path:
     """Write ``to_json(obj)`` atomically (temporary file in the same folder, then os.replace),
     so a reader never sees a half-written plan. Works for Plan and Fingerprint."""
-    path = Path(path)
-    text = to_json(obj) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, to_json(obj) + "\n")
 
 
 def load_plan(path: Union[str, os.PathLike], cls: type = Plan) -> Any:

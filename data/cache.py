@@ -10,7 +10,6 @@ resumes where it stopped. Arrays are loaded memory-mapped.
 """
 from __future__ import annotations
 
-import hashlib
 import io as _io
 import json
 import logging
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.plan import Fingerprint, Plan
+from core.plan import Fingerprint, Plan, settings_hash
 from core.planner import CaseRecord, fingerprint_from_stats
 from data import io, mamamia
 from data.preprocess import CaseMeta, crop, nonzero_box, preprocess
@@ -86,9 +85,7 @@ PREPROCESS_FIELDS = ("target_spacing", "channels", "normalisation", "use_nonzero
 
 
 def cache_key(plan: Plan) -> str:
-    fields = {k: getattr(plan, k) for k in PREPROCESS_FIELDS}
-    text = json.dumps(fields, sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return settings_hash({k: getattr(plan, k) for k in PREPROCESS_FIELDS})[:16]
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from core.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -155,33 +156,13 @@ def load_phases(paths, reference: int = 0, nan_policy: str = "raise",
     return out, ref.spacing, ref.affine
 
 
-def _atomic_target(path: Path, overwrite: bool, protected=()) -> None:
-    resolved = path.resolve()
-    if any(resolved == Path(p).resolve() for p in protected):
-        raise ValueError(f"{path}: refusing to overwrite an input file")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
-
-
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes, overwrite: bool = True) -> Path:
-    """Write bytes atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    _atomic_target(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write bytes atomically (``core.atomic.atomic_write``)."""
+    return atomic_write(path, payload, overwrite=overwrite)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+    return atomic_write(path, text, overwrite=overwrite)
 
 
 def save_nifti(path: str | os.PathLike, array: np.ndarray, affine, dtype=None, reference=None,
@@ -195,7 +176,6 @@ def save_nifti(path: str | os.PathLike, array: np.ndarray, affine, dtype=None, r
     path = Path(path)
     if not is_nifti(path):
         raise ValueError(f"{path}: output name must end in .nii or .nii.gz")
-    _atomic_target(path, overwrite, protected)
     if dtype is not None:
         array = np.asarray(array).astype(dtype, copy=False)
     if reference is not None:
@@ -208,15 +188,5 @@ def save_nifti(path: str | os.PathLike, array: np.ndarray, affine, dtype=None, r
         img = nib.Nifti1Image(array, np.asarray(affine))
         img.set_qform(np.asarray(affine), code=1)
         img.set_sform(np.asarray(affine), code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, tmp), overwrite=overwrite, protected=protected,
+                        keep_suffix=True)

@@ -19,12 +19,13 @@ faster than spline resampling of the whole volume and agrees with it to a correl
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core import plan as planlib
 from data import mamamia
 
 log = logging.getLogger(__name__)
@@ -50,18 +51,15 @@ class CaseMeta:
     reference_path: str | None = None
     separate_z: bool = True
 
+    def __post_init__(self):
+        planlib.coerce_fields(self)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return planlib.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaseMeta":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"CaseMeta: unknown keys {sorted(unknown)}")
-        conv = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v)
-                for k, v in d.items()}
-        return cls(**conv)
+        return planlib.from_mapping(cls, d, "CaseMeta")
 
 
 # ----------------------------------------------------------------------------- crop

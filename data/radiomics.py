@@ -53,13 +53,14 @@ import logging
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from core import plan as planlib
 from data import io, mamamia
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class RadiomicsConfig:
     washout_threshold: float = 0.10      # Kuhl et al. 1999: +-10 % late change
 
     def __post_init__(self):
+        planlib.coerce_fields(self)
         unknown = sorted(set(self.classes) - set(FEATURE_CLASSES))
         if unknown or not self.classes:
             raise ValueError(f"radiomics classes must be a non-empty subset of {FEATURE_CLASSES}; "
@@ -92,22 +94,14 @@ class RadiomicsConfig:
             raise ValueError(f"resample_mm must be positive or None, got {self.resample_mm}")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["classes"] = list(self.classes)
-        return d
+        return planlib.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RadiomicsConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"RadiomicsConfig: unknown keys {unknown}")
-        d = dict(d)
-        if "classes" in d:
-            d["classes"] = tuple(d["classes"])
-        return cls(**d)
+        return planlib.from_mapping(cls, d, "RadiomicsConfig")
 
     def hash(self) -> str:
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return planlib.settings_hash(self)[:12]
 
 
 # ----------------------------------------------------------------------------- kinetics

@@ -13,9 +13,18 @@ import infer
 import train
 from conftest import write_tiny_dataset
 from core import planner
+from core.errors import UserError
 from core.metrics import dice
 from data import cache, mamamia
-from data.preprocess import body_box
+from data.preprocess import body_box, preprocess
+from engine import predictor as P
+from engine.outputs import OutputFolder
+from engine.runs import RunDir
+
+
+def _predict(case, members, prepared, tta=(), **kw):
+    return P.Predictor(members, torch.device("cpu"), P.PredictSettings(tta_axes=tta, window_batch=1, **kw)
+                       ).probability(case, prepared)
 
 
 class EnhancementNet(nn.Module):
@@ -66,10 +75,10 @@ def test_restored_mask_has_input_geometry(tmp_path):
     root = _oblique_dataset(tmp_path / "ds")
     cases = mamamia.load_dataset(root)
     plan = _plan(cases)
-    members = [infer.Member("enh", EnhancementNet().eval(), plan, Path("x"))]
+    members = [P.Member("enh", EnhancementNet().eval(), plan, Path("x"))]
     out = tmp_path / "out"
-    infer.prepare_output(out, overwrite=False)
-    res = infer.run(cases, members, out, torch.device("cpu"), tta_axes=(0, 1, 2), progress=False)
+    res = P.Predictor(members, torch.device("cpu"), P.PredictSettings(tta_axes=(0, 1, 2))).run(
+        cases, out, progress=False)
     assert res["errors"] == {}
     for c in cases:
         ref = nib.load(str(c.phase_path(1)))
@@ -81,19 +90,19 @@ def test_restored_mask_has_input_geometry(tmp_path):
         assert set(np.unique(data)) <= {0, 1}
         gt = np.asarray(nib.load(str(c.mask_path)).dataobj)
         assert dice(data, gt) > 0.8
-    # a second run into the same folder is refused without --overwrite
-    with pytest.raises(SystemExit, match="overwrite"):
-        infer.prepare_output(out, overwrite=False)
+    # the masks of one case in memory equal the written ones
+    mask, _ = P.Predictor(members, torch.device("cpu"), P.PredictSettings(tta_axes=(0, 1, 2))).predict(cases[0])
+    np.testing.assert_array_equal(mask, np.asarray(nib.load(str(out / "pred_segmentations" /
+                                                              f"{cases[0].patient_id}.nii.gz")).dataobj))
 
 
 def test_ensemble_averages_probabilities(tmp_path):
     root = write_tiny_dataset(tmp_path / "ds", n=1)
     case = mamamia.load_dataset(root)[0]
     plan = _plan([case])
-    prepared = infer.preprocess(case, plan, with_mask=False)
-    m = lambda p: infer.Member(str(p), ConstNet(p).eval(), plan, Path("x"))  # noqa: E731
-    prob = infer.predict_case(case, [m(0.2), m(0.5)], prepared, torch.device("cpu"), (), 0.5, 1, False,
-                              skip_air=False)
+    prepared = preprocess(case, plan, with_mask=False)
+    m = lambda p: P.Member(str(p), ConstNet(p).eval(), plan, Path("x"))  # noqa: E731
+    prob = _predict(case, [m(0.2), m(0.5)], prepared, skip_air=False)
     box = prepared[2].crop_box
     inside = prob[tuple(slice(a, b) for a, b in box)]
     np.testing.assert_allclose(inside, 0.35, atol=1e-5)
@@ -101,8 +110,7 @@ def test_ensemble_averages_probabilities(tmp_path):
     # outside the nonzero crop the prediction is background
     assert prob[0, 0, 0] == 0.0
     # nnU-Net's way: logits are averaged, so the ensemble is softmax(mean logit), not mean softmax
-    prob = infer.predict_case(case, [m(0.2), m(0.5)], prepared, torch.device("cpu"), (), 0.5, 1, False,
-                              skip_air=False, average="logits")
+    prob = _predict(case, [m(0.2), m(0.5)], prepared, skip_air=False, average="logits")
     inside = prob[tuple(slice(a, b) for a, b in box)]
     expected = 1 / (1 + np.exp(-(np.log(0.2 / 0.8) + np.log(0.5 / 0.5)) / 2))
     np.testing.assert_allclose(inside, expected, atol=1e-5)
@@ -116,20 +124,20 @@ def test_postprocess_lcc_and_breast_box():
     case = mamamia.case_from_paths("DUKE_001", ["a", "b"], {
         "primary_lesion": {"breast_coordinates": {"x_min": 0, "x_max": 10, "y_min": 0, "y_max": 10,
                                                   "z_min": 5, "z_max": 10}}})
-    m = infer.postprocess(prob, case, lcc=True, breast_box=False)
+    m = P.postprocess(prob, case, lcc=True, breast_box=False)
     assert m.sum() == 27 and m[2, 2, 2] == 1
-    assert infer.postprocess(prob, case, lcc=False, breast_box=False).sum() == 35
+    assert P.postprocess(prob, case, lcc=False, breast_box=False).sum() == 35
     # JSON z indexes SimpleITK axis 0 = our axis 0: the box keeps rows 5..9 of axis 0 only
-    boxed = infer.postprocess(prob, case, lcc=True, breast_box=True)
+    boxed = P.postprocess(prob, case, lcc=True, breast_box=True)
     assert boxed.sum() == 8 and boxed[7, 7, 7] == 1
-    assert infer.postprocess(np.zeros_like(prob), case, lcc=True, breast_box=True).sum() == 0
+    assert P.postprocess(np.zeros_like(prob), case, lcc=True, breast_box=True).sum() == 0
 
 
 def test_box_on_preprocessed_grid():
     from data.preprocess import CaseMeta
     meta = CaseMeta("X", (100, 100, 50), (0.5, 0.5, 2.0), tuple(map(tuple, np.eye(4))),
                     ((10, 90), (0, 100), (0, 50)), (80, 100, 50), (1, 1, 1), (40, 50, 100))
-    box = infer.box_on_preprocessed((slice(20, 40), slice(10, 31), slice(5, 6)), meta)
+    box = P.box_on_preprocessed((slice(20, 40), slice(10, 31), slice(5, 6)), meta)
     assert box == (slice(5, 15), slice(5, 16), slice(10, 12))
 
 
@@ -167,16 +175,58 @@ def test_cli_end_to_end_and_bad_case(trained):
     assert len(list((out2 / "pred_segmentations").glob("*.nii.gz"))) == 4
 
 
+def test_rerun_completes_an_interrupted_prediction_and_refuses_other_models(trained, capsys):
+    tmp, ds = trained
+    out = tmp / "pred_resume"
+    common = ["--runs-dir", str(tmp / "runs"), "--data", str(ds), "--split", "all", "--output", str(out), "-q"]
+    assert infer.main(common + ["--runs", "r1", "--no-tta"]) == 0
+    seg = out / "pred_segmentations"
+    kept = seg / "DUKE_001.nii.gz"
+    stamp = kept.stat().st_mtime_ns
+    (seg / "DUKE_004.nii.gz").unlink()                       # as if interrupted before this case
+    (seg / ".DUKE_004.nii.gz.abc.tmp.nii.gz").write_bytes(b"half")  # and mid-write
+    assert infer.main(common + ["--runs", "r1", "--no-tta"]) == 0
+    assert (seg / "DUKE_004.nii.gz").exists() and kept.stat().st_mtime_ns == stamp
+    assert not list(seg.glob(".*.tmp*"))
+    assert "5 case(s) already predicted" in capsys.readouterr().out
+    # other settings into the same folder: refused, nothing mixed
+    assert infer.main(common + ["--runs", "r1", "--tta-axes", "0"]) == 2
+    assert "other models or settings" in capsys.readouterr().err
+    assert kept.stat().st_mtime_ns == stamp
+    man = json.loads((out / "predictions_manifest.json").read_text())
+    assert set(man["files"]) == {f"DUKE_{i:03d}" for i in range(6)}
+    assert man["files"]["DUKE_001"]["models"][0]["path"].endswith("checkpoint_final.pt")
+
+
+def test_one_writer_per_output_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    a = OutputFolder(out).lock()
+    with pytest.raises(UserError, match="another prediction is writing here"):
+        OutputFolder(out).lock()
+    a.unlock()
+    # a lock left by a process that died is stale and taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+    (out / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))
+    b = OutputFolder(out).lock()
+    assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
+    b.unlock()
+    assert not (out / ".lock").exists()
+
+
 def test_ensemble_refuses_mixed_preprocessing(trained):
     tmp, ds = trained
     other = tmp / "runs" / "r2"
     shutil.copytree(tmp / "runs" / "r1", other)
     ck = other / "fold_0" / "checkpoint_final.pt"
-    state = torch.load(ck, weights_only=False)
+    state = torch.load(ck, weights_only=True)
     state["plan"]["target_spacing"] = [2.0, 2.0, 2.0]
     torch.save(state, ck)
-    with pytest.raises(SystemExit, match="different preprocessing"):
-        infer.load_members([tmp / "runs" / "r1", other], True, "final", torch.device("cpu"))
+    with pytest.raises(UserError, match="different preprocessing"):
+        P.load_members([RunDir(tmp / "runs" / "r1"), RunDir(other)], True, "final", torch.device("cpu"))
 
 
 class StandInDataset:
@@ -222,11 +272,11 @@ def test_skipping_air_windows_leaves_masks_unchanged(tmp_path):
         nib.save(nib.Nifti1Image(a, img.affine), str(f))
     cases = mamamia.load_dataset(root)
     plan = _plan(cases)
-    members = [infer.Member("enh", EnhancementNet(bias=-2.5).eval(), plan, Path("x"))]
+    members = [P.Member("enh", EnhancementNet(bias=-2.5).eval(), plan, Path("x"))]
     for c in cases:
-        prepared = infer.preprocess(c, plan, with_mask=False)
-        full = infer.predict_case(c, members, prepared, torch.device("cpu"), (), 0.5, 1, False, skip_air=False)
-        fast = infer.predict_case(c, members, prepared, torch.device("cpu"), (), 0.5, 1, False, skip_air=True)
+        prepared = preprocess(c, plan, with_mask=False)
+        full = _predict(c, members, prepared, skip_air=False)
+        fast = _predict(c, members, prepared, skip_air=True)
         a, b = full > 0.5, fast > 0.5
         assert body_box(prepared[0]) is not None  # something is skipped
         assert a.sum() > 0 and dice(a, b) >= 0.999
@@ -256,10 +306,10 @@ def test_lcc_only_when_cross_validation_says_so(tmp_path):
     for k, (raw, lcc) in enumerate([(0.6, 0.5), (0.7, 0.65)]):
         (run / f"fold_{k}").mkdir(parents=True)
         (run / f"fold_{k}" / "validation.json").write_text(json.dumps({"mean_dice": raw, "mean_dice_lcc": lcc}))
-    assert infer.lcc_helps([run]) is False
+    assert P.lcc_helps([RunDir(run)]) is False
     (run / "fold_1" / "validation.json").write_text(json.dumps({"mean_dice": 0.7, "mean_dice_lcc": 0.9}))
-    assert infer.lcc_helps([run]) is True   # mean 0.70 >= 0.65
-    assert infer.lcc_helps([tmp_path / "empty"]) is True
+    assert P.lcc_helps([RunDir(run)]) is True   # mean 0.70 >= 0.65
+    assert P.lcc_helps([RunDir(tmp_path / "empty")]) is True
 
 
 @pytest.mark.gpu

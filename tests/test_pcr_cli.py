@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import infer
+from core.errors import UserError
+from engine.pcr_predict import find_pcr_model, predict_pcr
+from engine.predictor import input_cases
 import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,15 +95,13 @@ def test_train_writes_the_run(trained):
     assert (base / "cache" / "data-radiomics" / "features.csv").exists()
 
 
-def _predict(root, runs, out, extra=()):
-    args = infer.parse_args(["--data", str(root), "--runs-dir", str(runs), "--output", str(out), "--pcr", "-q",
-                             *extra])
-    cases = infer.input_cases(args)
+def _predict(root, runs, out, pcr_run=None):
+    cases = input_cases(str(root))
     seg = out / "pred_segmentations"
     seg.mkdir(parents=True, exist_ok=True)
     for c in cases[:-1]:   # the last case has no predicted mask (its segmentation "failed")
         shutil.copy(c.mask_path, seg / f"{c.patient_id}.nii.gz")
-    infer.predict_pcr(args, cases, out)
+    predict_pcr(cases, out, find_pcr_model(pcr_run, runs), progress=False)
     with open(out / "predictions.csv") as fh:
         return cases, list(csv.reader(fh))
 
@@ -125,11 +125,11 @@ def test_infer_writes_predictions_csv(trained, capsys):
 
 def test_infer_named_run_and_errors(trained):
     base, root, runs = trained
-    _, rows = _predict(root, runs, base / "out2", ["--pcr-run", "pcr"])
+    _, rows = _predict(root, runs, base / "out2", "pcr")
     assert len(rows) == 4
-    with pytest.raises(SystemExit, match="not found"):
-        _predict(root, runs, base / "out3", ["--pcr-run", "nope"])
-    with pytest.raises(SystemExit, match="no trained pCR model"):
+    with pytest.raises(UserError, match="not found"):
+        _predict(root, runs, base / "out3", "nope")
+    with pytest.raises(UserError, match="no trained pCR model"):
         _predict(root, base / "empty_runs", base / "out4")
 
 

@@ -217,8 +217,10 @@ def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):
 def test_config_round_trip_and_errors():
     cfg = R.RadiomicsConfig(resample_mm=1.0, ring_mm=4.0)
     assert R.RadiomicsConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    with pytest.raises(ValueError, match="unknown keys"):
-        R.RadiomicsConfig.from_dict({"binwidth": 25})
+    with pytest.raises(ValueError, match="unknown key 'binwidth'"):
+        R.RadiomicsConfig.from_dict({**cfg.to_dict(), "binwidth": 25})
+    with pytest.raises(ValueError, match="missing required key 'ring_mm'"):
+        R.RadiomicsConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "ring_mm"})
     with pytest.raises(ValueError, match="subset"):
         R.RadiomicsConfig(classes=("wavelet",))
 

@@ -10,6 +10,7 @@ import torch
 
 import train  # noqa: E402
 from conftest import write_tiny_dataset
+from engine import training
 from nets import checkpoint as ckptlib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def _args(ds, tmp, *extra):
             "--epochs", "2", "--iters", "2", "--val-iters", "1", "--workers", "1", "-q", *extra]
 
 
-def test_run_layout_and_checkpoint_contents(ds, tmp_path):
+def test_run_layout_and_checkpoint_contents(ds, tmp_path, capsys):
     assert train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "u")) == 0
     run = tmp_path / "runs" / "u"
     for name in ("config.json", "plan.json", "splits.json", "fingerprint.json"):
@@ -37,16 +38,17 @@ def test_run_layout_and_checkpoint_contents(ds, tmp_path):
     for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "log.csv", "validation.json"):
         assert (fold / name).exists(), name
     state = ckptlib.load(fold / "checkpoint_final.pt")
-    assert state["epoch"] == 2 and state["config"]["arch"] == "unet" and state["plan"]["channels"] == [0, 1, 2]
+    assert state["epoch"] == 2 and state["config"].network.name == "unet" and state["plan"].channels == (0, 1, 2)
     assert state["split"] == splits[0]
     model = ckptlib.build_from(state)
     assert not model.training
     val = json.loads((fold / "validation.json").read_text())
     assert set(val["cases"]) == set(splits[0]["val"]) and 0 <= val["mean_dice"] <= 1
     # the same run name without --resume is refused, never overwritten
-    with pytest.raises(SystemExit, match="already trained"):
-        train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "u"))
-
+    before = (fold / "checkpoint_final.pt").read_bytes()
+    assert train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "u")) == 2
+    assert "already trained" in capsys.readouterr().err
+    assert (fold / "checkpoint_final.pt").read_bytes() == before
 
 def test_resume_is_bit_exact(ds, tmp_path):
     train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "straight"))
@@ -65,13 +67,13 @@ def test_resume_is_bit_exact(ds, tmp_path):
 def test_nan_loss_stops_with_message(ds, tmp_path, monkeypatch):
     calls = {"n": 0}
 
-    class Flaky(train.DeepSupervisionLoss):
+    class Flaky(training.DeepSupervisionLoss):
         def forward(self, outputs, target):
             calls["n"] += 1  # one call per training iteration
             loss = super().forward(outputs, target)
             return loss * float("nan") if calls["n"] > 2 else loss  # epoch 0 has 2 iterations
 
-    monkeypatch.setattr(train, "DeepSupervisionLoss", Flaky)
+    monkeypatch.setattr(training, "DeepSupervisionLoss", Flaky)
     with pytest.raises(FloatingPointError, match="non-finite loss.*epoch 1.*checkpoint_latest"):
         train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "nan"))
     state = ckptlib.load(tmp_path / "runs" / "nan" / "fold_0" / "checkpoint_latest.pt")
@@ -80,26 +82,103 @@ def test_nan_loss_stops_with_message(ds, tmp_path, monkeypatch):
     assert not (tmp_path / "runs" / "nan" / "fold_0" / "checkpoint_final.pt").exists()
 
 
-def test_mednext_and_upkern(ds, tmp_path):
-    train.main(_args(ds, tmp_path, "--arch", "mednext", "--kernel", "3", "--run", "k3", "--epochs", "1"))
-    train.main(_args(ds, tmp_path, "--arch", "mednext", "--kernel", "5", "--run", "k5", "--epochs", "1",
-                     "--upkern-from", "k3"))
-    k3 = ckptlib.load(tmp_path / "runs" / "k3" / "fold_0" / "checkpoint_final.pt")
-    k5 = ckptlib.load(tmp_path / "runs" / "k5" / "fold_0" / "checkpoint_final.pt")
-    assert k5["net_kwargs"]["kernel"] == 5 and k3["net_kwargs"]["kernel"] == 3
-    assert k5["plan"] == k3["plan"]
+def _minimal(tmp, *extra):
+    """Only the flags that do not describe a run (folders, workers, quiet)."""
+    return ["--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"), "--workers", "1", "-q", *extra]
+
+
+@pytest.fixture(scope="module")
+def k3_run(ds, tmp_path_factory):
+    """A MedNeXt-S k3 run (channels 8, phases 0-1, DUKE only) trained on folds 0 and 1."""
+    tmp = tmp_path_factory.mktemp("k3")
+    assert train.main(_args(ds, tmp, "--arch", "mednext", "--kernel", "3", "--size", "S", "--run", "k3",
+                            "--epochs", "1", "--phases", "0-1", "--centers", "DUKE", "--fold", "0,1",
+                            "--set", "archs.mednext.base_channels=8")) == 0
+    return tmp
+
+
+def test_upkern_inherits_the_source_description(k3_run):
+    tmp = k3_run
+    assert train.main(_minimal(tmp, "--arch", "mednext", "--kernel", "5", "--upkern-from", "k3")) == 0
+    src, dst = tmp / "runs" / "k3", tmp / "runs" / "mednext_k5_dice_ce"
+    k3 = ckptlib.load(src / "fold_0" / "checkpoint_final.pt")
+    k5 = ckptlib.load(dst / "fold_0" / "checkpoint_final.pt")
+    net3, net5 = k3["config"].network, k5["config"].network
+    assert net5.kwargs["kernel"] == 5 and net3.kwargs["kernel"] == 3
+    assert {k: v for k, v in net5.kwargs.items() if k != "kernel"} == {k: v for k, v in net3.kwargs.items() if k != "kernel"}
+    assert net5.kwargs["size"] == "S" and net5.kwargs["base_channels"] == 8 and net5.kwargs["in_channels"] == 2
+    # the stored description says kernel 5 everywhere: plan, config, checkpoint
+    plan5 = json.loads((dst / "plan.json").read_text())
+    assert plan5["archs"]["mednext"]["kernel"] == 5 and plan5["channels"] == [0, 1]
+    assert json.loads((dst / "config.json").read_text())["network"]["kwargs"]["kernel"] == 5
+    assert k5["plan"].patch_size == k3["plan"].patch_size
+    # the same folds, the same selection, the same recipe
+    assert json.loads((dst / "splits.json").read_text()) == json.loads((src / "splits.json").read_text())
+    d3, d5 = json.loads((src / "data.json").read_text()), json.loads((dst / "data.json").read_text())
+    assert d5 == d3 and d5["centers"] == ["DUKE"]
+    assert k5["config"].epochs == k3["config"].epochs == 1 and k5["config"].optimizer == k3["config"].optimizer
+    assert k5["config"].upkern_from == "k3"
     shapes = {k: v.shape for k, v in k5["model"].items()}
     assert any(len(s) == 5 and s[-1] == 5 for s in shapes.values())
 
 
-def test_bad_arguments(ds, tmp_path):
-    with pytest.raises(SystemExit):
-        train.main(_args(ds, tmp_path, "--fold", "7"))
-    with pytest.raises(SystemExit, match="training case"):
-        train.main(_args(ds, tmp_path, "--centers", "NACT"))
+def test_upkern_refuses_fold_changes_and_missing_folds(k3_run, capsys, tmp_path):
+    tmp = k3_run
+    base = _minimal(tmp, "--arch", "mednext", "--kernel", "5", "--upkern-from", "k3", "--run", "k5x")
+    assert train.main(base + ["--centers", "DUKE,NACT"]) == 2
+    err = capsys.readouterr().err
+    assert "--centers" in err and "--new-splits" in err
+    assert train.main(base + ["--fold", "3"]) == 2
+    assert "fold(s) [3] missing or unfinished" in capsys.readouterr().err
+    assert train.main(base + ["--spacing", "2,2,2"]) == 2
+    assert "source's plan" in capsys.readouterr().err
+    assert train.main(base + ["--phases", "0-2"]) == 2
+    assert "--phases" in capsys.readouterr().err
+    assert not (tmp / "runs" / "k5x").exists()
+    # with --new-splits the selection may change: new folds over the new cases
+    bigger = write_tiny_dataset(tmp_path / "ds8", n=9)
+    assert train.main(base + ["--data", str(bigger)]) == 2
+    assert "--new-splits" in capsys.readouterr().err
+    assert train.main(base + ["--data", str(bigger), "--new-splits", "--fold", "0"]) == 0
+    splits = json.loads((tmp / "runs" / "k5x" / "splits.json").read_text())
+    assert splits != json.loads((tmp / "runs" / "k3" / "splits.json").read_text())
+    assert "DUKE_006" in {i for s in splits for i in s["val"]}
+
+
+def test_resume_compares_flags(ds, tmp_path, capsys):
+    assert train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "r", "--stop-after", "1")) == 0
+    assert train.main(_minimal(tmp_path, "--run", "r", "--resume", "--loss", "dice_ce_focal", "--seed", "3")) == 2
+    err = capsys.readouterr().err
+    assert "--loss" in err and "--seed" in err and "differ" in err
+    # --epochs extends the run
+    assert train.main(_minimal(tmp_path, "--run", "r", "--resume", "--epochs", "3")) == 0
+    state = ckptlib.load(tmp_path / "runs" / "r" / "fold_0" / "checkpoint_final.pt")
+    assert state["epoch"] == 3 and state["config"].epochs == 3 and len(state["history"]) == 3
+
+
+def test_bad_arguments_fail_fast_and_leave_nothing(ds, tmp_path, capsys):
+    for extra, msg in (((["--fold", "7"]), "--fold"), (["--kernel", "4", "--arch", "mednext"], "--kernel 4"),
+                       (["--kernel", "5"], "does not apply"), (["--augment", "strong"], "--augment"),
+                       (["--loss", "l2"], "--loss"), (["--set", "patchsize=1"], "--set"),
+                       (["--phases", "a-b"], "--phases"), (["--data", str(tmp_path / "nowhere")], "not found")):
+        assert train.main(_args(ds, tmp_path, *extra)) == 2, extra
+        assert msg in capsys.readouterr().err, extra
+    assert train.main(_args(ds, tmp_path, "--centers", "NACT")) == 2
+    assert "training case" in capsys.readouterr().err
     for bad in ("1,1", "1,x,1", "1,0,1"):
-        with pytest.raises(SystemExit, match="--spacing"):
-            train.main(_args(ds, tmp_path, "--spacing", bad))
+        assert train.main(_args(ds, tmp_path, "--spacing", bad)) == 2
+        assert "--spacing" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_kernel_error_is_fast_and_needs_no_torch(tmp_path):
+    """``train.py --kernel 4`` fails before torch is imported (and --help likewise needs none)."""
+    code = ("import sys, train; rc = train.main(['--arch', 'mednext', '--kernel', '4', '--runs-dir', sys.argv[1]]);"
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.returncode == 2 and "--kernel 4" in res.stderr, res.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.gpu
@@ -142,8 +221,8 @@ def test_overfit_tiny_dataset(ds, tmp_path):
     folder = next((tmp_path / "cache").iterdir())
     scores = []
     for c in cache.load_cached(folder, state["split"]["train"]):
-        probs = train.sliding_window_predict(model, torch.from_numpy(np.array(c.image)),
-                                             state["plan"]["patch_size"], num_classes=2)
+        probs = training.sliding_window_predict(model, torch.from_numpy(np.array(c.image)),
+                                             state["plan"].patch_size, num_classes=2)
         scores.append(dice(probs.argmax(0).numpy() == 1, np.asarray(c.label[0]) == 1))
     assert np.mean(scores) > 0.9, scores
 

@@ -1,0 +1,164 @@
+"""Training the pCR model: radiomics + kinetic features -> feature selection -> SNN, per fold.
+
+Training cases (train split, ``centers``) with a known pCR and a mask: the expert one, or with
+``masks="predicted"`` the files in ``pred``/pred_segmentations (default: the most recent
+``predictions/*`` folder). Features are cached (``engine.runs.cache_root(root, "radiomics")``).
+Folds are the segmentation folds (``kfold_splits`` over the training cases with expert masks).
+Per fold the feature pipeline is fitted once and the SNN and the logistic-regression and
+random-forest baselines are trained on its output. The run folder receives ``pcr_model.pt`` (the
+SNN fold ensemble with temperature and threshold), ``report.json`` (cross-fitted metrics of
+every model, the phantom oracle, selected features), ``oof_predictions.csv`` and ``splits.json``.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import UserError
+from core.folds import kfold_splits
+from engine.runs import RunDir, cache_root, dataset_root, predictions_root
+from engine.setup import N_FOLDS, SPLIT_SEED, parse_folds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PCRRequest:
+    data: str | None = None
+    centers: str | None = None
+    masks: str = "expert"              # expert | predicted
+    pred: str | None = None            # with masks="predicted": folder holding pred_segmentations/
+    clinical: bool = False
+    fold: str | None = None            # default: all
+    seed: int = 0
+    run: str | None = None
+    runs_dir: str | None = None
+    cache_dir: str | None = None
+    workers: int = 2
+
+
+def latest_predictions() -> Path:
+    found = sorted(predictions_root().glob("*/pred_segmentations"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError("--masks predicted: no predictions/*/pred_segmentations found; pass --pred DIR")
+    return found[-1].parent
+
+
+def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
+    """Fit, cross-validate and save the pCR model; returns the report (also written as JSON)."""
+    from core import pcr
+    from data import io as dio
+    from data import mamamia, radiomics
+    from nets import checkpoint as ckptlib
+    from nets.snn import SNNClassifier
+
+    if req.masks not in ("expert", "predicted"):
+        raise UserError(f"--masks {req.masks!r}: expected expert or predicted")
+    folds = parse_folds(req.fold or "all")
+    t0 = time.time()
+    root = dataset_root(req.data)
+    name = req.run or ("pcr" + ("_clinical" if req.clinical else "") + ("_predicted" if req.masks == "predicted" else ""))
+    run = RunDir.named(name, req.runs_dir)
+    cases = mamamia.load_dataset(root)
+    has_split = any(c.split for c in cases)
+    cases = mamamia.select(cases, centers=mamamia.parse_list(req.centers), split="train" if has_split else None)
+    if req.masks == "expert":
+        masks = {c.patient_id: c.mask_path for c in cases if c.mask_path is not None}
+    else:
+        pred = Path(req.pred) if req.pred else latest_predictions()
+        masks = radiomics.predicted_masks(cases, pred)
+        echo(f"predicted masks from {pred}: {len(masks)} of {len(cases)} training case(s)")
+    used = [c for c in cases if c.patient_id in masks and c.clinical.pcr is not None]
+    y = np.array([int(c.clinical.pcr) for c in used], int)
+    if len(used) < 10 or y.min(initial=1) == y.max(initial=0):
+        raise UserError(f"{root}: {len(used)} training case(s) with a mask and a known pCR "
+                        f"({int(y.sum())} positive); need at least 10 and both outcomes")
+    echo(f"pCR: {len(used)} case(s), {int(y.sum())} pCR, {len(cases) - len(used)} without mask or pCR skipped")
+
+    # the segmentation folds: the same call over the same ids as segmentation training
+    fold_ids = sorted({c.patient_id for c in cases if c.mask_path is not None} | {c.patient_id for c in used})
+    splits = kfold_splits(fold_ids, n_splits=N_FOLDS, seed=SPLIT_SEED)
+    fold_of = np.array([next(k for k, s in enumerate(splits) if c.patient_id in s["val"]) for c in used])
+
+    cache_csv = cache_root(root, "radiomics", override=req.cache_dir) / "features.csv"
+    rcfg = radiomics.RadiomicsConfig()
+    table = radiomics.extract_features(used, masks, req.masks, rcfg, cache=cache_csv,
+                                       workers=req.workers, progress=progress)
+    if not table.valid.all():
+        bad = {i: n for i, n, v in zip(table.ids, table.notes, table.valid) if not v}
+        echo(f"{len(bad)} case(s) without usable mask features (imputed): {bad}")
+    records = [radiomics.clinical_record(c) for c in used] if req.clinical else None
+    pcfg = pcr.PipelineConfig(seed=req.seed)
+    snn_params = SNNClassifier().get_params()
+    classifiers = {"snn": lambda s: SNNClassifier(**{**snn_params, "seed": s}), **pcr.BASELINES}
+    t_fit = time.time()
+
+    def fold_done(f):
+        if progress:
+            echo(f"fold {f}: fitted ({time.time() - t_fit:.0f} s)")
+
+    cv = pcr.cross_validate(table.values, y, table.names, fold_of, folds, classifiers, pcfg, records,
+                            ids=table.ids, on_fold=fold_done)
+    metrics = {k: pcr.evaluate(cv.oof[k], y, fold_of, folds, shift=cv.shift) for k in classifiers}
+
+    oracle = None
+    latents = root / "phantom_latents.csv"
+    if latents.exists():
+        with open(latents, newline="") as fh:
+            p_true = {r["patient_id"]: float(r["p_pcr"]) for r in csv.DictReader(fh)}
+        if all(i in p_true for i in table.ids):
+            oracle = pcr.oracle([p_true[i] for i in table.ids], y, fold_of, folds)
+
+    snn = metrics["snn"]
+    model = pcr.PCRModel(feature_names=table.names, folds=cv.models, classifier="snn",
+                         temperature=snn["temperature"], threshold=snn["threshold"], clinical=req.clinical,
+                         settings={"radiomics": rcfg.to_dict(), "masks": req.masks})
+    config = {"data": str(root), "centers": req.centers, "masks": req.masks, "clinical": req.clinical,
+              "folds": list(folds), "seed": req.seed, "pipeline": pcfg.to_dict(),
+              "snn": {k: list(v) if isinstance(v, tuple) else v for k, v in snn_params.items() if k != "seed"},
+              "radiomics": rcfg.to_dict()}
+    run.path.mkdir(parents=True, exist_ok=True)
+    ckptlib.save({"format": "mamamia-pcr", "version": 1, "model": model, "config": config}, run.pcr_model_path)
+    report = {"config": config, "cases": len(used), "positives": int(y.sum()), "metrics": metrics,
+              "oracle": oracle, "seconds": round(time.time() - t0, 1),
+              "features": {"extracted": len(table.names),
+                           "per_fold": {str(m.fold): m.pipeline.state() for m in cv.models}}}
+    dio.atomic_write_text(run.report_path, json.dumps(report, indent=1))
+    dio.atomic_write_text(run.splits_path, json.dumps(splits, indent=1))
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["patient_id", "fold", "pcr", "prior_logit"] + [f"logit_{k}" for k in classifiers])
+    for i, pid in enumerate(table.ids):
+        w.writerow([pid, int(fold_of[i]), int(y[i]), repr(float(cv.shift[i]))]
+                   + [repr(float(cv.oof[k][i])) for k in classifiers])
+    dio.atomic_write_text(run.oof_path, buf.getvalue())
+    report["run"] = str(run.path)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The cross-validated table ``train.py --task pcr`` prints.
+
+    BA: cross-fitted threshold; BA@0.5: the classifier's own decision; ECE of its own
+    probabilities, then after prior correction and temperature (cross-fitted)."""
+    folds, n = report["config"]["folds"], report["cases"]
+    lines = [f"\n{'model':8s} {'BA':>6s} {'BA@0.5':>7s} {'AUC':>6s} {'ECE':>6s} {'ECE(cal)':>8s} {'T':>6s}"
+             f"   (cross-validated, {len(folds)} fold(s), {n} cases)"]
+    for k, m in report["metrics"].items():
+        lines.append(f"{k:8s} {m['balanced_accuracy']:6.3f} {m['balanced_accuracy_at_0.5']:7.3f} {m['auc']:6.3f} "
+                     f"{m['ece_before']:6.3f} {m['ece_after']:8.3f} {m['temperature']:6.2f}")
+    oracle = report.get("oracle")
+    if oracle is not None:
+        lines.append(f"{'oracle':8s} {oracle['balanced_accuracy']:6.3f} {'':7s} {oracle['auc']:6.3f}   "
+                     f"(expected BA {oracle['expected_balanced_accuracy']:.3f})")
+    if len(folds) < N_FOLDS:
+        lines.append(f"note: {len(folds)} fold(s) trained; --fold all gives the full cross-validation")
+    lines.append(f"pCR model -> {report['run']} ({report['seconds']:.0f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,500 @@
+"""From the user's flags to a run description, checked before any expensive work.
+
+``TrainRequest`` holds the flags as given (``None`` = not given). ``prepare`` validates every
+flag, then resolves the run in one of three ways:
+
+- a new run: the data selection, a fresh fingerprint and plan, new folds;
+- ``upkern_from``: the source run's stored description (data selection and folds, plan, network,
+  optimiser, schedule, loss, epochs) with only the kernel changed and whatever else the user sets
+  explicitly. A flag that would change the folds (``data``, ``centers``) is an error unless
+  ``new_splits``; the input phases and the plan's preprocessing cannot change (the weights were
+  trained on them); a missing or unfinished source fold is an error;
+- ``resume`` (or more folds of an existing run): the stored description; an explicitly given flag
+  that differs from it is an error listing every difference, except ``epochs`` (see
+  ``core.optim.scheduled_lr`` for how the schedule is extended).
+
+Nothing is written until ``create`` (after planning succeeded), so a failed start leaves no
+run folder behind. The effective flags are stored as ``request.json`` for later comparisons.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core import plan as planlib
+from core.config import DataSelection, NetSpec, TrainConfig
+from core.errors import UserError
+from engine.runs import RunDir, dataset_root
+
+log = logging.getLogger(__name__)
+
+# flags that describe the run (stored in request.json, compared on --resume)
+DESCRIPTION = ("data", "centers", "phases", "arch", "size", "kernel", "loss", "optimizer", "lr",
+               "schedule", "epochs", "iters", "val_iters", "batch_size", "augment", "seed", "budget",
+               "spacing", "resampling", "normalisation", "clahe", "set", "grad_checkpoint", "amp")
+FOLD_FLAGS = ("data", "centers")                    # change the cases, hence the folds
+PLAN_FLAGS = ("phases", "budget", "spacing", "resampling", "normalisation", "clahe")  # fixed by the weights
+RESAMPLINGS = planlib.RESAMPLING
+NORMALISATIONS = planlib.NORMALISATIONS
+N_FOLDS = 5
+SPLIT_SEED = 12345  # nnU-Net v2's KFold random_state (nnunetv2/utilities/crossval_split.py)
+
+
+@dataclass
+class TrainRequest:
+    """``train.py`` flags; ``None`` means "not given" (a default, or inherited)."""
+
+    arch: str | None = None
+    size: str | None = None
+    kernel: int | None = None
+    loss: str | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    schedule: str | None = None
+    epochs: int | None = None
+    iters: int | None = None
+    val_iters: int | None = None
+    batch_size: int | None = None
+    augment: str | None = None
+    seed: int | None = None
+    data: str | None = None
+    centers: str | None = None
+    phases: str | None = None
+    budget: str | None = None
+    spacing: str | None = None
+    resampling: str | None = None
+    normalisation: str | None = None
+    clahe: bool | None = None
+    set: list[str] | None = None
+    grad_checkpoint: bool | None = None
+    amp: bool | None = None
+    fold: str | None = None
+    run: str | None = None
+    runs_dir: str | None = None
+    upkern_from: str | None = None
+    new_splits: bool = False
+    resume: bool = False
+    stop_after: int | None = None
+    workers: int = 2
+    device: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A validated run, ready to train (``create`` writes its folder)."""
+
+    run: RunDir
+    config: TrainConfig
+    plan: planlib.Plan | None            # None: a new run, planned by ``plan_run``
+    data: DataSelection
+    request: dict                        # effective description flags
+    folds: tuple[int, ...]
+    splits: list[dict] | None
+    resume: bool
+    source: RunDir | None = None         # the UpKern source
+    cases: list = field(default_factory=list)
+    fingerprint: object = None
+
+
+# ----------------------------------------------------------------------------- flag checks
+
+def parse_folds(text: str | None, n_folds: int = N_FOLDS) -> tuple[int, ...]:
+    if text is None:
+        return (0,)
+    if text == "all":
+        return tuple(range(n_folds))
+    try:
+        folds = tuple(int(p) for p in str(text).split(",") if p.strip())
+    except ValueError:
+        folds = ()
+    if not folds or any(not 0 <= f < n_folds for f in folds):
+        raise UserError(f"--fold {text!r}: expected 0-{n_folds - 1}, a list like 0,2, or 'all'")
+    return folds
+
+
+def parse_phases(text) -> list[int]:
+    try:
+        out = []
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        out = []
+    if not out or min(out) < 0 or len(set(out)) != len(out):
+        raise UserError(f"--phases {text!r}: expected distinct phase numbers like 0-2 or 0,1,2")
+    return out
+
+
+def parse_spacing(text: str | None):
+    """None (the budget's default), 'auto' or three positive numbers."""
+    if text is None or text == "auto":
+        return text
+    try:
+        spacing = [float(s) for s in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"--spacing {text!r}: expected 'auto' or three numbers like 1,1,1") from None
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise UserError(f"--spacing {text!r}: expected three positive numbers like 1,1,1")
+    return spacing
+
+
+def _check_overrides(items) -> list[str]:
+    names = {f.name for f in dataclasses.fields(planlib.Plan)}
+    out = []
+    for item in items or []:
+        key, sep, _ = str(item).partition("=")
+        if not sep or key.split(".")[0].strip() not in names:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(names)} "
+                            "(or archs.<network>.<field>)")
+        out.append(str(item))
+    return out
+
+
+def check_flags(req: TrainRequest) -> None:
+    """The checks that need no torch (so a wrong flag fails at once), in the order of --help."""
+    import nets
+    arch = req.arch or "unet"
+    if arch not in nets.REGISTRY:
+        raise UserError(f"--arch {arch!r}: choose from {nets.names()}")
+    entry = nets.entry(arch)
+    for flag in ("size", "kernel"):
+        if getattr(req, flag) is not None and flag not in entry.plan_keys:
+            raise UserError(f"--{flag} does not apply to --arch {arch}")
+    if req.kernel is not None and (req.kernel < 3 or req.kernel % 2 == 0):
+        raise UserError(f"--kernel {req.kernel}: expected an odd size >= 3 (3, 5, 7, ...)")
+    if req.size is not None and req.size not in planlib.MEDNEXT_SIZES:
+        raise UserError(f"--size {req.size!r}: choose from {list(planlib.MEDNEXT_SIZES)}")
+    if req.grad_checkpoint and "grad_checkpoint" not in dict(entry.options):
+        raise UserError(f"--grad-checkpoint does not apply to --arch {arch}")
+    for flag, lo in (("epochs", 1), ("iters", 1), ("val_iters", 0), ("batch_size", 1), ("stop_after", 1)):
+        v = getattr(req, flag)
+        if v is not None and v < lo:
+            raise UserError(f"--{flag.replace('_', '-')} {v}: must be >= {lo}")
+    if req.lr is not None and not req.lr > 0:
+        raise UserError(f"--lr {req.lr}: must be > 0")
+    if req.workers < 0:
+        raise UserError(f"--workers {req.workers}: must be >= 0")
+    if req.resampling is not None and req.resampling not in RESAMPLINGS:
+        raise UserError(f"--resampling {req.resampling!r}: choose from {list(RESAMPLINGS)}")
+    if req.normalisation is not None and req.normalisation not in NORMALISATIONS:
+        raise UserError(f"--normalisation {req.normalisation!r}: choose from {list(NORMALISATIONS)}")
+    if req.budget is not None:
+        from core.planner import parse_budget
+        try:
+            parse_budget(req.budget)
+        except ValueError as exc:
+            raise UserError(f"--budget: {exc}") from None
+    parse_folds(req.fold)
+    parse_spacing(req.spacing)
+    if req.phases is not None:
+        parse_phases(req.phases)
+    _check_overrides(req.set)
+    if req.data and not Path(req.data).is_dir():
+        raise UserError(f"--data {req.data}: folder not found")
+
+
+def effective(req: TrainRequest, device_type: str) -> dict:
+    """Every description flag with its default filled in, in comparable form; raises UserError
+    for any invalid value (before anything is read or written)."""
+    from core.losses import LOSSES
+    from core.optim import OPTIMIZERS, SCHEDULES
+    from data import augment
+    import nets
+
+    check_flags(req)
+    arch = req.arch or "unet"
+    entry = nets.entry(arch)
+    loss = req.loss or "dice_ce"
+    if loss not in LOSSES:
+        raise UserError(f"--loss {loss!r}: choose from {sorted(LOSSES)}")
+    optimizer = req.optimizer or entry.default_optimizer
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"--optimizer {optimizer!r}: choose from {sorted(OPTIMIZERS)}")
+    schedule = req.schedule or "poly"
+    if schedule not in SCHEDULES:
+        raise UserError(f"--schedule {schedule!r}: choose from {sorted(SCHEDULES)}")
+    augment_name = req.augment or "nnunet"
+    if augment_name not in augment.PROFILES:
+        raise UserError(f"--augment {augment_name!r}: choose from {sorted(augment.PROFILES)}")
+    budget = (req.budget or ("8GB" if device_type == "cuda" else "cpu")).strip()
+    gpu = device_type == "cuda"
+    # nnU-Net's 1000 x 250 (50 validation batches) on a GPU; a schedule that ends in minutes on a CPU
+    centers = sorted({c.strip().upper() for c in req.centers.split(",") if c.strip()}) if req.centers else None
+    return {
+        "data": str(Path(req.data).resolve()) if req.data else None,
+        "centers": centers,
+        "phases": parse_phases(req.phases if req.phases is not None else "0,1,2"),
+        "arch": arch, "size": req.size, "kernel": req.kernel, "loss": loss, "optimizer": optimizer,
+        "lr": req.lr, "schedule": schedule,
+        "epochs": req.epochs or (1000 if gpu else 20), "iters": req.iters or (250 if gpu else 25),
+        "val_iters": req.val_iters if req.val_iters is not None else (50 if gpu else 4),
+        "batch_size": req.batch_size, "augment": augment_name, "seed": req.seed if req.seed is not None else 0,
+        "budget": budget.lower(), "spacing": parse_spacing(req.spacing),
+        "resampling": req.resampling or "cubic", "normalisation": req.normalisation or "zscore",
+        "clahe": bool(req.clahe), "set": _check_overrides(req.set),
+        "grad_checkpoint": bool(req.grad_checkpoint), "amp": req.amp if req.amp is not None else True,
+    }
+
+
+def given(req: TrainRequest) -> set[str]:
+    """The description flags the user set explicitly."""
+    return {k for k in DESCRIPTION if getattr(req, k) not in (None, [], ())}
+
+
+def default_run_name(eff: dict, kernel: int | None) -> str:
+    return eff["arch"] + (f"_k{kernel}" if kernel is not None else "") + f"_{eff['loss']}"
+
+
+def _differences(stored: dict, eff: dict, flags) -> list[str]:
+    return [f"--{k.replace('_', '-')}: run has {stored.get(k)!r}, given {eff[k]!r}"
+            for k in sorted(flags) if k in stored and stored.get(k) != eff[k]]
+
+
+# ----------------------------------------------------------------------------- resolution
+
+def _config(eff: dict, network: NetSpec, folds, upkern_from=None) -> TrainConfig:
+    return TrainConfig(network=network, loss=eff["loss"], optimizer=eff["optimizer"], lr=eff["lr"],
+                       schedule=eff["schedule"], epochs=eff["epochs"], iters_per_epoch=eff["iters"],
+                       val_iters=eff["val_iters"], batch_size=eff["batch_size"], augment=eff["augment"],
+                       seed=eff["seed"], folds=tuple(folds), n_folds=N_FOLDS, amp=eff["amp"],
+                       upkern_from=upkern_from)
+
+
+def network_for(plan: planlib.Plan, eff: dict) -> tuple[planlib.Plan, NetSpec]:
+    """The plan narrowed to the run's network (with --size/--kernel applied) and its NetSpec."""
+    import nets
+    entry = nets.entry(eff["arch"])
+    changes = {k: eff[k] for k in entry.plan_keys if eff.get(k) is not None}
+    try:
+        arch = dataclasses.replace(plan.archs[eff["arch"]], **changes)
+        plan = dataclasses.replace(plan, archs={eff["arch"]: arch})
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    options = {kw: eff[flag] for flag, kw in entry.options if eff.get(flag)}
+    return plan, nets.network_spec(plan, eff["arch"], **options)
+
+
+def _stored_request(run: RunDir) -> dict | None:
+    p = run.path / "request.json"
+    if not p.is_file():
+        return None
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{p}: invalid JSON ({exc})") from exc
+    if not isinstance(d, dict):
+        raise UserError(f"{p}: expected a JSON object")
+    return d
+
+
+def prepare(req: TrainRequest, device_type: str = "cpu") -> Prepared:
+    """Validate ``req`` and resolve the run it describes (nothing is read from the dataset and
+    nothing is written; see the module docstring)."""
+    eff = effective(req, device_type)
+    explicit = given(req)
+    folds = parse_folds(req.fold)
+    if req.upkern_from:
+        return _prepare_upkern(req, eff, explicit, folds)
+    name = req.run or default_run_name(eff, eff["kernel"] if eff["kernel"] is not None else (
+        3 if "kernel" in _plan_keys(eff["arch"]) else None))
+    run = RunDir.named(name, req.runs_dir)
+    if run.exists():
+        return _prepare_existing(req, run, eff, explicit, folds)
+    if req.resume:
+        log.info("--resume: %s does not exist yet; starting it", run.path)
+    if run.path.exists() and any(run.path.iterdir()):
+        raise UserError(f"{run.path}: exists but holds no run description (config.json); "
+                        "remove it or choose another --run")
+    data = DataSelection(root=eff["data"] or "", centers=eff["centers"], phases=eff["phases"])
+    return Prepared(run, config=None, plan=None, data=data, request=eff, folds=folds, splits=None,
+                    resume=False)
+
+
+def _plan_keys(arch: str) -> tuple[str, ...]:
+    import nets
+    return nets.entry(arch).plan_keys
+
+
+def _prepare_existing(req, run: RunDir, eff, explicit, folds) -> Prepared:
+    trained = [f for f in folds if run.checkpoint(f, "latest").exists() or run.checkpoint(f, "final").exists()]
+    if trained and not req.resume:
+        raise UserError(f"{run.path}: fold(s) {trained} already trained; use --resume or another --run")
+    stored = _stored_request(run)
+    config, plan, data = run.load_config(), run.load_plan(), run.load_data()
+    splits = run.load_splits()
+    if stored is None:
+        log.warning("%s: no request.json (an older run); the given flags are not compared", run.path)
+        stored = {}
+    diffs = _differences(stored, eff, explicit - {"epochs"})
+    if diffs:
+        raise UserError(f"{run.path}: the given flags differ from the stored run: " + "; ".join(diffs)
+                        + " (leave them out to continue the run as it was, or choose another --run)")
+    if req.epochs is not None and req.epochs != config.epochs:
+        if req.epochs < max((_epoch_of(run, f) for f in folds), default=0):
+            raise UserError(f"--epochs {req.epochs}: the run has already trained more epochs")
+        log.info("--epochs %d: extending the run from %d epochs", req.epochs, config.epochs)
+        config = config.replace(epochs=req.epochs)
+        stored = {**stored, "epochs": req.epochs}
+    config = config.replace(folds=folds)
+    return Prepared(run, config, plan, data, stored, folds, splits, resume=True,
+                    source=RunDir.named(config.upkern_from, req.runs_dir) if config.upkern_from else None)
+
+
+def _epoch_of(run: RunDir, fold: int) -> int:
+    from nets import checkpoint as ckptlib
+    p = run.checkpoint(fold, "latest")
+    return int(ckptlib.read(p).get("epoch", 0)) if p.exists() else 0
+
+
+def _prepare_upkern(req, eff, explicit, folds) -> Prepared:
+    src = RunDir.named(req.upkern_from, req.runs_dir)
+    if not src.exists():
+        raise UserError(f"--upkern-from {req.upkern_from}: {src.path} is not a run folder")
+    src_cfg, src_plan, src_data = src.load_config(), src.load_plan(), src.load_data()
+    src_splits = src.load_splits()
+    src_req = _stored_request(src) or {}
+    if "arch" in explicit and eff["arch"] != src_cfg.network.name:
+        raise UserError(f"--arch {eff['arch']}: the UpKern source {src.name} is a {src_cfg.network.name}")
+    if "kernel" not in explicit:
+        raise UserError("--upkern-from needs --kernel (the larger kernel to initialise)")
+    if src_cfg.network.kwargs.get("kernel") == eff["kernel"]:
+        raise UserError(f"--kernel {eff['kernel']}: the source run {src.name} already has this kernel")
+    if "kernel" not in src_cfg.network.kwargs:
+        raise UserError(f"--upkern-from {src.name}: its network ({src_cfg.network.name}) has no kernel to enlarge")
+    # the source's description, with the explicitly given flags on top
+    inherited = {**src_req, "arch": src_cfg.network.name, "loss": src_cfg.loss,
+                 "optimizer": src_cfg.optimizer, "lr": src_cfg.lr, "schedule": src_cfg.schedule,
+                 "epochs": src_cfg.epochs, "iters": src_cfg.iters_per_epoch, "val_iters": src_cfg.val_iters,
+                 "batch_size": src_cfg.batch_size, "augment": src_cfg.augment, "seed": src_cfg.seed,
+                 "amp": src_cfg.amp, "data": src_data.root or None, "centers": src_data.centers and list(src_data.centers),
+                 "phases": list(src_data.phases)}
+    changed = {k for k in explicit if k in inherited and inherited[k] != eff[k]}
+    fold_changes = sorted(changed & set(FOLD_FLAGS))
+    if fold_changes and not req.new_splits:
+        raise UserError("--upkern-from: " + "; ".join(_differences(inherited, eff, fold_changes))
+                        + " would change the cases and so the folds of the source run (a validation "
+                        "case could have been a training case of the source); pass --new-splits to do it anyway")
+    plan_changes = sorted(changed & set(PLAN_FLAGS))
+    if plan_changes:
+        raise UserError("--upkern-from: " + "; ".join(_differences(inherited, eff, plan_changes))
+                        + ": the target trains on the source's plan and input phases")
+    for flag in ("size",):
+        if flag in explicit and src_cfg.network.kwargs.get(flag) != eff[flag]:
+            raise UserError(f"--{flag} {eff[flag]}: UpKern changes only the kernel (source {flag} "
+                            f"{src_cfg.network.kwargs.get(flag)})")
+    merged = {**inherited, **{k: eff[k] for k in explicit}}
+    merged.setdefault("size", None)
+    missing = [f for f in folds if not src.checkpoint(f, "final").is_file()]
+    if missing:
+        raise UserError(f"--upkern-from {src.name}: fold(s) {missing} missing or unfinished "
+                        f"(no {src.checkpoint(missing[0], 'final')}); trained folds: "
+                        f"{[f for f in src.folds() if src.checkpoint(f, 'final').is_file()]}")
+    plan = src_plan
+    if merged.get("set") and "set" in explicit:
+        try:
+            plan = planlib.apply_overrides(plan, merged["set"])
+        except ValueError as exc:
+            raise UserError(f"--set: {exc}") from None
+    name = req.run or default_run_name(merged, eff["kernel"])
+    run = RunDir.named(name, req.runs_dir)
+    if run.exists() and not req.resume:
+        raise UserError(f"{run.path}: exists; use --resume or another --run")
+    if run.exists():
+        return _prepare_existing(req, run, eff, explicit - {"kernel"}, folds)
+    network = src_cfg.network.with_kwargs(kernel=eff["kernel"])
+    arch = dataclasses.replace(plan.archs[network.name], kernel=eff["kernel"])
+    plan = dataclasses.replace(plan, archs={network.name: arch})
+    merged["kernel"] = eff["kernel"]
+    data = DataSelection(root=merged["data"] or "", centers=merged["centers"], phases=merged["phases"])
+    config = _config(merged, network, folds, upkern_from=str(src.path) if Path(req.upkern_from).is_dir()
+                     and len(Path(req.upkern_from).parts) > 1 else src.name)
+    splits = None if req.new_splits else src_splits
+    return Prepared(run, config, plan, data, merged, folds, splits, resume=False, source=src)
+
+
+# ----------------------------------------------------------------------------- data and plan
+
+def select_cases(prep: Prepared):
+    """The training cases of the selection (train split, expert mask, phases present)."""
+    from data import mamamia
+    root = dataset_root(prep.data.root or None)
+    cases = mamamia.load_dataset(root)
+    has_split = any(c.split for c in cases)
+    cases = mamamia.select(cases, centers=prep.data.centers, phases=list(prep.data.phases),
+                           split="train" if has_split else None)
+    without = [c.patient_id for c in cases if c.mask_path is None]
+    if without:
+        log.warning("%d training case(s) without an expert mask left out: %s", len(without), without[:20])
+    cases = [c for c in cases if c.mask_path is not None]
+    if len(cases) < N_FOLDS:
+        raise UserError(f"{root}: {len(cases)} training case(s) with expert masks after selection; "
+                        f"{N_FOLDS}-fold cross-validation needs at least {N_FOLDS}")
+    return root, cases
+
+
+def plan_run(prep: Prepared, cases, device_type: str, workers: int, progress: bool):
+    """Fingerprint and plan of a new run (the expensive part of a start)."""
+    import nets
+    from core import planner
+    from data import cache
+    eff = prep.request
+    phases = list(prep.data.phases)
+    fp = cache.compute_fingerprint(cases, phases, workers=workers, progress=progress)
+    budget = eff["budget"]
+    spacing = eff["spacing"]
+    if spacing is None:
+        # The CPU plan resamples to 1.5 mm: a 48^3 patch then sees 72 mm (tumour and its
+        # surroundings) instead of 48 mm; on the default phantom, same schedule, fold-0
+        # validation Dice rose from 0.55 at 1 mm to 0.72 (bench/README.md).
+        spacing = (1.5, 1.5, 1.5) if budget == "cpu" else (1.0, 1.0, 1.0)
+    elif spacing == "auto":
+        spacing = None
+    try:
+        plan = planner.make_plan(fp, channels=range(len(phases)), spacing=spacing, budget=budget,
+                                 normalisation=eff["normalisation"], activation_elements=nets.arch_activation_elements,
+                                 clahe=eff["clahe"])
+        plan = dataclasses.replace(plan, channels=tuple(phases), resampling=eff["resampling"])
+        entry = nets.entry(eff["arch"])
+        if budget == "cpu" and entry.cpu_patch and not any(o.startswith("patch_size=") for o in eff["set"]):
+            cpu_patch = tuple(min(p, entry.cpu_patch) for p in plan.patch_size)
+            plan = planlib.apply_overrides(plan, ["patch_size=" + ",".join(map(str, cpu_patch))])
+            log.info("CPU plan for %s: patch %s", eff["arch"], cpu_patch)
+        if eff["set"]:
+            plan = planlib.apply_overrides(plan, eff["set"])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return plan, fp
+
+
+def complete(prep: Prepared, root: Path, cases, plan=None, fingerprint=None) -> Prepared:
+    """Fill in what a new run or an UpKern target derives from the data: plan, network, folds."""
+    ids = [c.patient_id for c in cases]
+    if plan is not None:
+        plan, network = network_for(plan, prep.request)
+        prep.plan, prep.fingerprint = plan, fingerprint
+        prep.config = _config(prep.request, network, prep.folds)
+    if prep.splits is None:
+        from core.folds import kfold_splits
+        prep.splits = kfold_splits(ids, n_splits=N_FOLDS, seed=SPLIT_SEED)
+    known = set(ids)
+    lost = sorted({i for s in prep.splits for i in s["train"] + s["val"]} - known)
+    if lost:
+        raise UserError(f"{prep.run.path if prep.resume else 'the folds'}: {len(lost)} case(s) of the stored "
+                        f"folds are not in the selection any more: {lost[:10]}")
+    prep.data = dataclasses.replace(prep.data, root=str(root.resolve()), cases=tuple(ids))
+    prep.cases = cases
+    return prep
+
+
+def create(prep: Prepared) -> None:
+    """Write the run folder's description (a new run or an UpKern target)."""
+    prep.run.save_description(prep.config, prep.plan, prep.data, prep.splits, prep.fingerprint)
+    prep.run.write_json(prep.run.path / "request.json", {**prep.request, "data": prep.data.root})

@@ -1,0 +1,298 @@
+"""The training loop of one fold, its sliding-window validation, and the distributed context.
+
+Reads top to bottom: cached cases -> samplers -> network (``nets.build(cfg.network)``) ->
+optimiser -> batches -> epochs (train, pseudo-Dice validation, checkpoints) -> sliding-window
+validation of the fold. Batch ``i`` of a fold is a pure function of ``(seed, fold, rank, i)``,
+so ``resume`` is bit-exact with any number of workers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import plan as planlib
+from core.config import TrainConfig
+from core.losses import DeepSupervisionLoss, get_loss
+from core.metrics import dice as dice_score
+from core.optim import GRAD_CLIP, make_optimizer, scheduled_lr, set_lr
+from core.postprocess import largest_component
+from core.sliding_window import default_window_batch, sliding_window_predict
+from data import augment, cache
+from data.loader import BatchLoader
+from data.sampler import PatchSampler
+from engine.runs import RunDir
+from nets import build
+from nets import checkpoint as ckptlib
+
+log = logging.getLogger(__name__)
+
+
+class Distributed:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them everything runs in one process."""
+
+    def __init__(self, rank=0, world=1, local_rank=0):
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        return cls(torch.distributed.get_rank(), world, local)
+
+    def barrier(self):
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def shutdown(self):
+        if self.enabled:
+            torch.distributed.destroy_process_group()
+
+
+def seed_of(*parts) -> int:
+    """A 63-bit seed from integers (seed, fold, epoch, iteration, rank): batches are a pure
+    function of their position, which makes resuming bit-exact with any number of workers."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def amp_settings(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast where the GPU supports it, else fp16 with a grad scaler; fp32 on CPU
+    (a CPU without native bf16 emulates it, slower than fp32)."""
+    if device.type != "cuda" or not cfg.amp:
+        return None, None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def pseudo_dice(logits: torch.Tensor, target: torch.Tensor) -> tuple[int, int, int]:
+    """TP, FP, FN of the argmax foreground over a batch (nnU-Net's online validation)."""
+    pred = logits.argmax(1, keepdim=True) == 1
+    gt = target == 1
+    return (int((pred & gt).sum()), int((pred & ~gt).sum()), int((~pred & gt).sum()))
+
+
+def validate_cases(model, cases, plan, device, autocast_dtype=None) -> dict:
+    """Sliding-window Dice per validation case on the preprocessed grid (no TTA): raw, and after
+    keeping the largest connected component (what inference writes by default)."""
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        for c in cases:
+            img = torch.from_numpy(np.array(c.image))
+            probs = sliding_window_predict(model, img, plan.patch_size, num_classes=2, device=device,
+                                           autocast_dtype=autocast_dtype,
+                                           window_batch=default_window_batch(device))
+            pred = (probs.argmax(0) == 1).cpu().numpy()
+            gt = np.asarray(c.label[0]) == 1
+            out[c.patient_id] = (float(dice_score(pred, gt)), float(dice_score(largest_component(pred), gt)))
+    return out
+
+
+def write_log(path: Path, history: list[dict]) -> None:
+    from core.atomic import atomic_write
+    keys = list(history[0])
+    lines = [",".join(keys)] + [",".join(f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in keys)
+                                for h in history]
+    atomic_write(path, "\n".join(lines) + "\n")
+
+
+def _finite_weights(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
+
+
+def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: dict, fold: int,
+               run: RunDir, device: torch.device, dist: Distributed = Distributed(), resume: bool = False,
+               init: Callable[[torch.nn.Module], object] | None = None, progress: bool = True,
+               stop_after: int | None = None, loss_factory=None) -> dict:
+    """Train one fold; returns the sliding-window validation summary written to validation.json."""
+    fold_dir = run.fold_dir(fold)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    train_cases = cache.load_cached(cache_folder, split["train"])
+    val_cases = cache.load_cached(cache_folder, split["val"])
+    batch_size = cfg.batch_size or plan.batch_size
+    patch = tuple(plan.patch_size)
+    sampler = PatchSampler([c.image for c in train_cases], [c.label for c in train_cases],
+                           [c.fg for c in train_cases], patch, batch_size, seed=cfg.seed,
+                           case_ids=[c.patient_id for c in train_cases])
+    val_sampler = PatchSampler([c.image for c in val_cases], [c.label for c in val_cases],
+                               [c.fg for c in val_cases], patch, batch_size, rotation_margin=False,
+                               seed=cfg.seed, case_ids=[c.patient_id for c in val_cases])
+    profile = augment.get_profile(cfg.augment)
+
+    torch.manual_seed(seed_of(cfg.seed, fold))
+    model = build(cfg.network).to(device)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+    lr0 = optimizer.param_groups[0]["lr"]
+    autocast_dtype, scaler = amp_settings(cfg, device)
+    loss_fn = (loss_factory or DeepSupervisionLoss)(get_loss(cfg.loss))
+    ddp_model = model
+    if dist.enabled:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    start_epoch, history, ema, best = 0, [], None, -1.0
+    latest = run.checkpoint(fold, "latest")
+    if resume and latest.exists():
+        state = ckptlib.load(latest, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, history = state["epoch"], state["history"]
+        ema, best = state["ema"], state["best_ema"]
+        log.info("fold %d: resumed after epoch %d", fold, start_epoch)
+    elif resume and run.checkpoint(fold, "final").exists():
+        start_epoch = cfg.epochs
+    elif init is not None:
+        report = init(model)
+        log.info("UpKern: %s", {k: len(v) for k, v in vars(report).items()} if hasattr(report, "__dict__")
+                 else report)
+
+    def payload(epoch):
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
+                "history": history, "ema": ema, "best_ema": best, "fold": fold, "split": split,
+                "plan": planlib.to_dict(plan), "config": cfg.to_dict()}
+
+    def val_batch(epoch, it):
+        rng = np.random.default_rng(seed_of(cfg.seed, fold, epoch, it, dist.rank, 1))
+        b = val_sampler.sample_batch(rng)
+        return b["image"], b["label"]
+
+    # resuming at epoch e restarts the stream at i = e * iters_per_epoch: the same batches
+    loader = BatchLoader(sampler, patch, profile, seed=seed_of(cfg.seed, fold, dist.rank),
+                         num_workers=max(1, cfg.workers), device=device,
+                         start=start_epoch * cfg.iters_per_epoch)
+    bar = None
+    if progress and start_epoch < cfg.epochs:
+        from tqdm import tqdm
+        bar = tqdm(total=(cfg.epochs - start_epoch) * cfg.iters_per_epoch, desc=f"fold {fold}",
+                   unit="it", dynamic_ncols=True)
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            t0 = time.time()
+            set_lr(optimizer, scheduled_lr(cfg.schedule, lr0, epoch, cfg.epochs))
+            ddp_model.train()
+            losses, waits = [], []
+            for it in range(cfg.iters_per_epoch):
+                batch = next(loader)
+                waits.append(loader.wait_times[-1])
+                x, y = batch["image"].to(device), batch["label"].to(device)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    out = ddp_model(x)
+                    loss = loss_fn(out, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"fold {fold}: non-finite loss ({loss.item()}) at epoch {epoch} iteration {it}; "
+                        f"training stopped. The last trusted state is "
+                        f"{latest if latest.exists() else 'none'} (after epoch {start_epoch if not history else history[-1]['epoch'] + 1}); "
+                        "resume from it with a lower --lr or another --seed.")
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+                    optimizer.step()
+                losses.append(float(loss.detach()))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}", ema=f"{ema or 0:.3f}")
+            # online validation: pseudo-Dice over sampled patches, moving average (nnU-Net: 0.9/0.1)
+            model.eval()
+            tp = fp = fn = 0
+            with torch.no_grad():
+                for it in range(cfg.val_iters):
+                    x, y = val_batch(epoch, it)
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        out = model(x.to(device))
+                    a, b_, c_ = pseudo_dice(out.float(), y.to(device))
+                    tp, fp, fn = tp + a, fp + b_, fn + c_
+            dice = 2 * tp / max(2 * tp + fp + fn, 1) if cfg.val_iters else float("nan")
+            ema = dice if ema is None else 0.9 * ema + 0.1 * dice
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "pseudo_dice": dice, "ema": ema,
+                            "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0,
+                            "data_wait": float(np.sum(waits))})
+            if not _finite_weights(model):
+                raise FloatingPointError(
+                    f"fold {fold}: non-finite weights after epoch {epoch}; training stopped. The last "
+                    f"trusted state is {latest if latest.exists() else 'none'}.")
+            if dist.rank == 0:
+                improved = ema > best
+                best = max(best, ema)
+                ckptlib.save(payload(epoch + 1), latest)
+                if improved:
+                    ckptlib.save(payload(epoch + 1), run.checkpoint(fold, "best"))
+                write_log(run.log_path(fold), history)
+    finally:
+        loader.close()
+        if bar is not None:
+            bar.close()
+    if end_epoch < cfg.epochs:
+        log.info("fold %d: stopped after epoch %d of %d (--stop-after); continue with --resume",
+                 fold, end_epoch, cfg.epochs)
+        return {"fold": fold, "stopped_at": end_epoch, "mean_dice": float("nan"), "cases": {}}
+    final = run.checkpoint(fold, "final")
+    if dist.rank == 0 and (start_epoch < cfg.epochs or not final.exists()):
+        ckptlib.save(payload(cfg.epochs), final)
+    summary = {}
+    if dist.rank == 0:
+        per_case = validate_cases(model, val_cases, plan, device, autocast_dtype)
+        raw = {k: v[0] for k, v in per_case.items()}
+        lcc = {k: v[1] for k, v in per_case.items()}
+        mean = lambda d: float(np.mean(list(d.values()))) if d else float("nan")  # noqa: E731
+        summary = {"fold": fold, "mean_dice": mean(raw), "mean_dice_lcc": mean(lcc),
+                   "cases": raw, "cases_lcc": lcc, "epochs": cfg.epochs,
+                   "final_ema_pseudo_dice": ema, "seconds": float(sum(h["seconds"] for h in history))}
+        run.write_json(run.validation_path(fold), summary)
+    dist.barrier()
+    return summary
+
+
+def train_run(prep, device: torch.device, dist: Distributed = Distributed(), progress: bool = True,
+              stop_after: int | None = None, workers: int = 2, cache_dir=None,
+              on_fold: Callable[[int, dict, float], None] | None = None) -> dict[int, dict]:
+    """Train every requested fold of a prepared run (``engine.setup``); preprocessing is cached."""
+    from engine.runs import cache_root
+    from nets.upkern import upkern_load
+
+    root = Path(prep.data.root)
+    cache_base = cache_root(root, override=cache_dir)
+    if dist.rank == 0:
+        cache.build_cache(prep.cases, prep.plan, cache_base, workers=workers, progress=progress)
+    dist.barrier()
+    folder = cache_base / cache.cache_key(prep.plan)
+    results = {}
+    for fold in prep.folds:
+        init = None
+        if prep.source is not None:
+            src = prep.source.checkpoint(fold, "final")
+            init = lambda model, src=src: upkern_load(model, ckptlib.read(src)["model"])  # noqa: E731
+        t0 = time.time()
+        results[fold] = train_fold(prep.config.replace(workers=workers), prep.plan, folder, prep.splits[fold], fold, prep.run, device,
+                                   dist=dist, resume=prep.resume, init=init,
+                                   progress=progress and dist.rank == 0, stop_after=stop_after)
+        if on_fold is not None and dist.rank == 0:
+            on_fold(fold, results[fold], time.time() - t0)
+    return results
