@@ -17,7 +17,7 @@ $(STAMP): setup.cfg Makefile
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
 	@$(PY) -m pip install -q numpy versioneer setuptools wheel
-	@# pyradiomics: its 3.1.0 sdist has broken metadata; building without isolation works (REFERENCE.md s.5)
+	@# pyradiomics: its 3.1.0 sdist has broken metadata; building without isolation works (it needs numpy at build time)
 	@$(PY) -c "import radiomics" 2>/dev/null || $(PY) -m pip install -q --no-build-isolation pyradiomics
 	@$(PY) -m pip install -q nibabel scipy scikit-image scikit-learn tqdm matplotlib pytest
 	@touch $(STAMP)

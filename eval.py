@@ -25,68 +25,14 @@ summary.json and plots/*.png; the tables are printed.
 from __future__ import annotations
 
 import argparse
-import csv
-import io as _text_io
-import json
 import logging
-import math
+import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
-from core import fairness as fair
-from core.metrics import HD_MAX, case_metrics
-from data import io, mamamia, plots
-
-REPO = Path(__file__).resolve().parent
-SUBGROUP_NAMES = {"age": "age", "menopause": "menopausal_status",
-                  "menopausal_status": "menopausal_status", "density": "breast_density",
-                  "breast_density": "breast_density", "subtype": "subtype"}
-SEG_COLUMNS = ["dice", "hd95", "norm_hd", "hd95_mm", "assd_mm", "volume_pred_ml", "volume_gt_ml",
-               "volume_diff_ml", "volume_diff_rel"]
-CLINICAL_COLUMNS = ["age", "menopausal_status", "breast_density", "subtype"]
-
-SEG_DEFINITIONS = {
-    "dice": "official: 2TP/(2TP+FP+FN) of label 1; both masks empty -> 0",
-    "hd95": "official with hd_units=voxel: max of the two directed 95th percentiles of "
-            "nearest-contour distances (face-connected contours), voxel index units, spacing "
-            "ignored; both empty -> 0, one empty -> inf",
-    "norm_hd": f"official: hd95 / {HD_MAX:g}, not clipped; inf -> 1",
-    "performance": "official: 0.5 * (mean dice + 1 - mean norm_hd)",
-    "fairness": "official: mean over age, menopausal_status, breast_density of Fair_v = 1 - 0.5 * "
-                "(range of group mean dice + range of group mean norm_hd); always these three "
-                "variables, whatever --subgroups",
-    "ranking": "official: 0.5 * performance + 0.5 * fairness",
-    "groups": "official: age bins (0,40],(40,50],(50,60],(60,70],(70,100], missing excluded; "
-              "menopause pre/post from the raw string, missing -> 'unknown' (a group); density "
-              "a-d, missing excluded; subtype (non-official) as recorded, missing excluded",
-    "hd95_mm, assd_mm": "non-official: HD95 and average symmetric surface distance in mm",
-    "volume_*": "non-official: volumes (ml) and differences prediction - ground truth",
-    "demographic_parity": "non-official (Seed A): max - min over groups of P(dice >= threshold)",
-    "table means of hd95, hd95_mm, assd_mm": "over the cases with finite distances only",
-    "missing prediction": "counted as an empty mask (dice 0, norm_hd 1), as in the challenge",
-    "failed case": "excluded from every aggregate, listed under 'failed'",
-}
-PCR_DEFINITIONS = {
-    "balanced_accuracy": "official: mean recall of the classes present; missing truth -> 0",
-    "disparity": "official: clip(mean over age, menopausal_status, breast_density of EOD_v, 0, 1), "
-                 "EOD_v = range of group TPR + range of group FPR (TPR/FPR 0 when undefined; every "
-                 "age bin is a group even when empty)",
-    "ranking": "official: 0.5 * balanced_accuracy + 0.5 * (1 - disparity)",
-    "auc, ece, demographic_parity": "non-official extras; demographic parity = max - min over "
-                                    "groups of the predicted pCR rate",
-    "missing row": "counted as pcr 0, score 0",
-    "table TPR/FPR": "official fallback: 0 when undefined or when the group holds one label",
-}
-
-
-# ----------------------------------------------------------------------------- arguments, inputs
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from core.fairness import SUBGROUP_NAMES
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("seg", "pcr"), default="seg")
     p.add_argument("--subgroups", default="age,menopause,density",
@@ -108,415 +54,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_subgroups(text: str) -> list[str]:
-    names = [s.strip().lower() for s in text.split(",") if s.strip()]
-    bad = [n for n in names if n not in SUBGROUP_NAMES]
-    if bad:
-        raise SystemExit(f"--subgroups: unknown name(s) {bad}; choose from {sorted(SUBGROUP_NAMES)}")
-    return list(dict.fromkeys(SUBGROUP_NAMES[n] for n in names))
 
+def run(args) -> int:
+    from core.errors import UserError
+    from data import mamamia
+    from engine import evaluation as ev
+    from engine.runs import dataset_root, predictions_root
 
-def latest_prediction_dir(root: Path, marker: str) -> Path:
-    """The most recently modified ``root/<run>`` holding ``marker`` (a folder or file)."""
-    found = sorted(((d / marker).stat().st_mtime, d) for d in root.iterdir()
-                   if (d / marker).exists()) if root.is_dir() else []
-    if not found:
-        raise SystemExit(f"no --pred given and no folder under {root} holds {marker}; run infer.py "
-                         "first or pass --pred")
-    return found[-1][1]
-
-
-def default_data() -> Path:
+    shown = ev.parse_subgroups(args.subgroups)
+    marker = "pred_segmentations" if args.task == "seg" else "predictions.csv"
+    pred = Path(args.pred) if args.pred else ev.latest_prediction_dir(predictions_root(), marker)
+    if not pred.is_dir():
+        raise UserError(f"--pred {pred}: folder not found")
+    data = dataset_root(args.data)
+    out = Path(args.out) if args.out else pred / ("evaluation" if args.task == "seg" else "evaluation_pcr")
+    for inp in (pred / "pred_segmentations", data):
+        if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
+            raise UserError(f"--out {out} lies inside the input folder {inp}; choose another folder")
     try:
-        from data.phantom import default_dataset
-    except ImportError as exc:
-        raise SystemExit(f"no --data given and the default phantom dataset is unavailable ({exc})")
-    return Path(default_dataset())
-
-
-def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
-
-
-def case_info(case: mamamia.Case) -> dict[str, Any]:
-    """Clinical values and subgroup labels of one case (raw menopausal string: official grouping)."""
-    c = case.clinical
-    raw = {"age": c.age, "menopausal_status": c.menopause_raw, "breast_density": c.density,
-           "subtype": c.subtype}
-    groups = {v: fair.GROUPERS[v](raw[v]) for v in fair.FAIRNESS_VARIABLES}
-    groups["subtype"] = c.subtype
-    return {"patient_id": case.patient_id, "center": case.center, **raw,
-            **{f"group_{v}": g for v, g in groups.items()}}
-
-
-# ----------------------------------------------------------------------------- segmentation
-
-class GridMismatch(ValueError):
-    """A prediction whose grid (shape or affine) differs from the expert mask's."""
-
-
-def prediction_files(folder: Path) -> dict[str, Path]:
-    return {io.strip_nifti_suffix(p.name).upper(): p for p in folder.iterdir()
-            if p.is_file() and io.is_nifti(p.name)}
-
-
-def load_pair(case: mamamia.Case, pred_path: Path | None, resample: bool):
-    """(ground truth, prediction, spacing, affine, status) on the expert-mask grid;
-    status is ok | missing | resampled."""
-    header = io.load_header(case.mask_path)
-    gt = mamamia.load_mask(case)
-    affine = np.asarray(header.affine, float)
-    if pred_path is None:
-        return gt, np.zeros_like(gt), io.spacing_from_affine(affine), affine, "missing"
-    vol = io.load_nifti(pred_path, dtype=np.float32)
-    status = "ok"
-    if not io.same_grid(vol.affine, vol.shape, affine, gt.shape):
-        if not resample:
-            raise GridMismatch(
-                f"{case.patient_id}: prediction {pred_path} has grid {vol.shape} (affine differs by "
-                f"up to {np.abs(vol.affine - affine).max():.3g}) but the expert mask "
-                f"{case.mask_path} has {gt.shape}; pass --resample-pred to resample it")
-        vol = io.Volume(io.resample_to_grid(vol.array, vol.affine, affine, gt.shape, order=0),
-                        affine, io.spacing_from_affine(affine))
-        status = "resampled"
-    return gt, vol.array, io.spacing_from_affine(affine), affine, status
-
-
-def score_case(case, pred_path, hd_units: str, resample: bool) -> dict[str, Any]:
-    gt, pred, spacing, _, status = load_pair(case, pred_path, resample)
-    return {"prediction": status, **case_metrics(pred, gt, spacing, hd_units=hd_units)}
-
-
-def table_record(row: dict[str, Any], threshold: float) -> dict[str, Any]:
-    """Row for group tables and plots: infinite distances left out of means."""
-    out = dict(row)
-    for k in ("hd95", "hd95_mm", "assd_mm", "volume_diff_rel"):
-        if not math.isfinite(out[k]):
-            out[k] = None
-    out["dice_ok"] = float(row["dice"] >= threshold)
-    return out
-
-
-def run_seg(args, cases, pred_dir: Path, out: Path, shown: list[str]) -> int:
-    seg_dir = pred_dir / "pred_segmentations"
-    if not seg_dir.is_dir():
-        raise SystemExit(f"{pred_dir}: no pred_segmentations/ folder")
-    files = prediction_files(seg_dir)
-    scored = [c for c in cases if c.mask_path is not None]
-    no_mask = [c.patient_id for c in cases if c.mask_path is None]
-    missing = [c.patient_id for c in scored if c.patient_id not in files]
-    unused = sorted(set(files) - {c.patient_id for c in cases})
-
-    def work(case):
-        try:
-            return score_case(case, files.get(case.patient_id), args.hd_units, args.resample_pred)
-        except (OSError, ValueError) as exc:  # one bad file must not stop the others
-            return exc
-
-    rows, failed = [], {}
-    with ThreadPoolExecutor(max(1, args.workers)) as pool, \
-            tqdm(total=len(scored), desc="evaluate", unit="case", disable=args.quiet) as bar:
-        for case, res in zip(scored, pool.map(work, scored)):
-            bar.update(1)
-            if isinstance(res, Exception):
-                failed[case.patient_id] = str(res)
-            else:
-                rows.append({**case_info(case), **res})
-    if missing:
-        warn(f"{len(missing)} case(s) without a prediction, counted as empty masks: {missing}")
-    for pid, msg in failed.items():
-        print(f"error: {msg}", file=sys.stderr)
-    if no_mask:
-        warn(f"{len(no_mask)} case(s) without an expert mask, not scored: {no_mask}")
-
-    summary: dict[str, Any] = {"task": "seg", "official": None}
-    recs = [table_record(r, args.threshold) for r in rows]
-    metrics = ["dice", "norm_hd", "hd95", "hd95_mm", "assd_mm", "volume_diff_ml", "dice_ok"]
-    if rows:
-        dice, nhd = [r["dice"] for r in rows], [r["norm_hd"] for r in rows]
-        groups = {v: [r[f"group_{v}"] for r in rows] for v in fair.FAIRNESS_VARIABLES + ("subtype",)}
-        official = fair.segmentation_scores(dice, nhd, {v: groups[v] for v in fair.FAIRNESS_VARIABLES})
-        summary["official"] = {**official, "n_cases": len(rows),
-                               "is_official": args.hd_units == "voxel"}
-        summary["non_official"] = {
-            "demographic_parity": fair.segmentation_parity(dice, groups, args.threshold),
-            "dice_threshold": args.threshold,
-            **{f"mean_finite_{m}": _finite_mean([r[m] for r in rows])
-               for m in ("hd95", "hd95_mm", "assd_mm")},
-            "mean_volume_diff_ml": float(np.mean([r["volume_diff_ml"] for r in rows]))}
-        overall = [{"group": "all", "count": len(rows),
-                    **{m: _finite_mean([x[m] for x in recs]) for m in metrics}}]
-        summary["overall"] = overall[0]
-        summary["per_center"] = fair.group_table(recs, "center", metrics)
-        summary["per_subgroup"] = {v: fair.group_table(recs, f"group_{v}", metrics) for v in shown}
-        print_seg(summary, overall, shown, args)
-    summary.update(_settings(args, pred_dir, cases), definitions=SEG_DEFINITIONS,
-                   missing_predictions=missing, failed=failed, no_expert_mask=no_mask,
-                   unused_predictions=unused)
-    if rows and not args.no_plots:
-        summary["plots"] = seg_plots(recs, scored, files, out / "plots", shown, args.resample_pred)
-    write_outputs(out, rows, ["patient_id", "center", *CLINICAL_COLUMNS,
-                              *(f"group_{v}" for v in fair.FAIRNESS_VARIABLES + ("subtype",)),
-                              "prediction", *SEG_COLUMNS], summary)
-    if not rows:
-        print("no case could be scored", file=sys.stderr)
-    return 1 if failed or not rows else 0
-
-
-def _finite_mean(values) -> float:
-    v = np.array([x for x in values if x is not None], float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if v.size else math.nan
-
-
-def seg_plots(recs, cases, files, folder: Path, shown, resample: bool) -> list[str]:
-    names = {"dice": "Dice", "norm_hd": "NormHD"}
-    made = [plots.metric_distributions(recs, "center", ["dice", "norm_hd"], folder / "dist_center.png",
-                                       "Dice and NormHD per center", names)]
-    for v in (v for v in shown if any(r[f"group_{v}"] is not None for r in recs)):
-        made.append(plots.metric_distributions(recs, f"group_{v}", ["dice", "norm_hd"],
-                                               folder / f"dist_{v}.png", f"Dice and NormHD by {v}", names))
-    by_id = {c.patient_id: c for c in cases}
-    order = sorted(recs, key=lambda r: (r["dice"], r["patient_id"]))
-    picks = {"worst": order[0], "median": order[(len(order) - 1) // 2], "best": order[-1]}
-    for label, r in picks.items():
-        case = by_id[r["patient_id"]]
-        try:
-            gt, pred, spacing, affine, _ = load_pair(case, files.get(case.patient_id), resample)
-            phase = 1 if 1 in case.phase_numbers else case.phase_numbers[0]  # first post-contrast
-            img = io.load_nifti(case.phase_path(phase))
-            arr = img.array if io.same_grid(img.affine, img.shape, affine, gt.shape) else \
-                io.resample_to_grid(img.array, img.affine, affine, gt.shape, order=1)
-            made.append(plots.overlay(arr, gt, pred, spacing, folder / f"overlay_{label}.png",
-                                      f"{label}: {case.patient_id}  Dice {r['dice']:.3f}"))
-        except (OSError, ValueError) as exc:
-            warn(f"overlay of {case.patient_id} not drawn: {exc}")
-    return [str(p) for p in made]
-
-
-def print_seg(summary, overall, shown, args) -> None:
-    o = summary["official"]
-    tag = "official" if o["is_official"] else "NOT official: --hd-units mm"
-    per_var = ", ".join(f"{v} {x:.4f}" for v, x in o["fairness_per_variable"].items())
-    print(f"\nMAMA-MIA Task 1 scores ({tag}; {o['n_cases']} cases)\n"
-          f"  mean Dice     {o['mean_dice']:.4f}\n  mean NormHD   {o['mean_norm_hd']:.4f}\n"
-          f"  Performance   {o['performance']:.4f}\n  Fairness      {o['fairness']:.4f}  ({per_var})\n"
-          f"  Ranking       {o['ranking']:.4f}")
-    cols = [("group", ""), ("count", "n"), ("dice", "Dice"), ("norm_hd", "NormHD"),
-            ("hd95", f"HD95 {args.hd_units}"), ("hd95_mm", "HD95 mm*"), ("assd_mm", "ASSD mm*"),
-            ("volume_diff_ml", "dVol ml*"), ("dice_ok", f"Dice>={args.threshold:g}")]
-    print("\n" + format_table(overall + summary["per_center"], cols, "Overall and per center"))
-    dp = summary["non_official"]["demographic_parity"]
-    for v in shown:
-        title = f"By {v}: demographic parity* {dp[v]:.4f}"
-        if v in o["fairness_per_variable"]:
-            title += f", Fair_v {o['fairness_per_variable'][v]:.4f}"
-        print("\n" + format_table(summary["per_subgroup"][v], cols, title))
-    print("\n* non-official extra. HD95/ASSD means are over cases with finite distances "
-          "(both masks non-empty)\n")
-
-
-# ----------------------------------------------------------------------------- pCR
-
-def read_pcr_predictions(path: Path) -> dict[str, tuple[int, float]]:
-    """``predictions.csv`` -> {PATIENT_ID: (pcr 0/1, score in [0, 1])}; errors name the line."""
-    if not path.is_file():
-        raise SystemExit(f"{path}: predictions.csv not found (infer.py --pcr writes it)")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
-        lacking = [c for c in ("patient_id", "pcr", "score") if c not in cols]
-        if lacking:
-            raise SystemExit(f"{path}: missing column(s) {lacking}; found {reader.fieldnames}")
-        out = {}
-        for line, row in enumerate(reader, start=2):
-            pid = (row[cols["patient_id"]] or "").strip().upper()
-            try:
-                pcr, score = float(row[cols["pcr"]]), float(row[cols["score"]])
-            except (TypeError, ValueError):
-                raise SystemExit(f"{path}:{line}: pcr/score must be numbers, got "
-                                 f"{row[cols['pcr']]!r}, {row[cols['score']]!r}") from None
-            if pcr not in (0, 1) or not 0 <= score <= 1:
-                raise SystemExit(f"{path}:{line}: need pcr 0/1 and score in [0, 1], got {pcr}, {score}")
-            if pid in out:
-                raise SystemExit(f"{path}:{line}: patient {pid} listed twice")
-            out[pid] = (int(pcr), score)
-    return out
-
-
-def pcr_group_rows(rows, key: str) -> list[dict[str, Any]]:
-    t = np.array([r["pcr_true_used"] for r in rows])
-    p = np.array([r["pcr_pred"] for r in rows])
-    out = []
-    for g, i in fair.group_indices([r[key] for r in rows]).items():
-        tpr, fpr = fair.tpr_fpr(t[i], p[i])
-        out.append({"group": g, "count": int(i.size), "pcr_rate": float(t[i].mean()),
-                    "balanced_accuracy": fair.balanced_accuracy(t[i], p[i]), "tpr": tpr, "fpr": fpr,
-                    "predicted_rate": float(p[i].mean())})
-    return out
-
-
-def run_pcr(args, cases, pred_dir: Path, out: Path, shown: list[str]) -> int:
-    preds = read_pcr_predictions(pred_dir / "predictions.csv")
-    ids = {c.patient_id for c in cases}
-    missing = [c.patient_id for c in cases if c.patient_id not in preds]
-    no_truth = [c.patient_id for c in cases if c.clinical.pcr is None]
-    if missing:
-        warn(f"{len(missing)} case(s) missing from predictions.csv, counted as pcr 0 score 0: {missing}")
-    if no_truth:
-        warn(f"{len(no_truth)} case(s) without pCR truth, counted as 0 (official rule): {no_truth}")
+        cases = mamamia.select(mamamia.load_dataset(data), split=args.split)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--data {data}: {exc}") from exc
     if not cases:
-        raise SystemExit("no case to score in this split")
-    rows = []
-    for c in cases:
-        pcr, score = preds.get(c.patient_id, (0, 0.0))
-        rows.append({**case_info(c), "pcr_true": c.clinical.pcr, "pcr_true_used": c.clinical.pcr or 0,
-                     "pcr_pred": pcr, "score": score,
-                     "prediction": "ok" if c.patient_id in preds else "missing"})
-    t, p, s = ([r[k] for r in rows] for k in ("pcr_true_used", "pcr_pred", "score"))
-    groups = {v: [r[f"group_{v}"] for r in rows] for v in fair.FAIRNESS_VARIABLES}
-    scores = fair.pcr_scores(t, p, groups, score=s)
-    cal = fair.calibration(t, s)
-    dp = {v: fair.demographic_parity(np.array(p) == 1, [r[f"group_{v}"] for r in rows])
-          for v in shown}
-    summary: dict[str, Any] = {
-        "task": "pcr",
-        "official": {k: scores[k] for k in ("balanced_accuracy", "eod_per_variable", "tpr_per_group",
-                                            "fpr_per_group", "disparity", "fairness", "ranking")}
-        | {"n_cases": len(rows)},
-        "non_official": {"auc": scores["auc"], "ece": cal["ece"], "calibration": cal,
-                         "demographic_parity": {**scores["parity_per_variable"], **dp}},
-        "per_center": pcr_group_rows(rows, "center"),
-        "per_subgroup": {v: pcr_group_rows(rows, f"group_{v}") for v in shown},
-        **_settings(args, pred_dir, cases), "definitions": PCR_DEFINITIONS,
-        "missing_predictions": missing, "missing_truth_counted_as_0": no_truth,
-        "unused_predictions": sorted(set(preds) - ids)}
-    print_pcr(summary, rows, shown)
-    if not args.no_plots:
-        folder = out / "plots"
-        made = [plots.reliability_plot(cal, folder / "reliability.png")]
-        tables = {v: t for v, t in summary["per_subgroup"].items() if t}
-        if tables:
-            made.append(plots.group_bars(tables, "balanced_accuracy", folder / "ba_subgroups.png",
-                                         reference=scores["balanced_accuracy"]))
-        if math.isfinite(scores["auc"]):
-            made.append(plots.roc_plot(t, s, folder / "roc.png", auc=scores["auc"]))
-        summary["plots"] = [str(x) for x in made]
-    write_outputs(out, rows, ["patient_id", "center", *CLINICAL_COLUMNS,
-                              *(f"group_{v}" for v in fair.FAIRNESS_VARIABLES + ("subtype",)),
-                              "prediction", "pcr_true", "pcr_true_used", "pcr_pred", "score"], summary)
-    return 0
-
-
-def print_pcr(summary, rows, shown) -> None:
-    o, x = summary["official"], summary["non_official"]
-    eod = ", ".join(f"{v} {e:.4f}" for v, e in o["eod_per_variable"].items())
-    print(f"\nMAMA-MIA Task 2 scores (official; {o['n_cases']} cases)\n"
-          f"  balanced accuracy  {o['balanced_accuracy']:.4f}\n"
-          f"  disparity          {o['disparity']:.4f}  (EOD {eod})\n"
-          f"  Ranking            {o['ranking']:.4f}\n"
-          f"  AUC*               {x['auc']:.4f}\n  ECE*               {x['ece']:.4f}")
-    cols = [("group", ""), ("count", "n"), ("pcr_rate", "pCR rate"), ("balanced_accuracy", "BA"),
-            ("tpr", "TPR"), ("fpr", "FPR"), ("predicted_rate", "pred. rate")]
-    print("\n" + format_table(pcr_group_rows([{**r, "all": "all"} for r in rows], "all")
-                              + summary["per_center"], cols, "Overall and per center"))
-    for v in shown:
-        title = f"By {v}: demographic parity* {x['demographic_parity'][v]:.4f}"
-        if v in o["eod_per_variable"]:
-            title += f", EOD {o['eod_per_variable'][v]:.4f}"
-        print("\n" + format_table(summary["per_subgroup"][v], cols, title))
-    print("\n* non-official extra\n")
-
-
-# ----------------------------------------------------------------------------- output
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (int, np.integer)):
-        return str(v)
-    if isinstance(v, (float, np.floating)):
-        return "-" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.4f}")
-    return str(v)
-
-
-def format_table(rows, columns, title: str = "") -> str:
-    """Aligned text table; ``columns`` = [(key, header)], first column left-aligned."""
-    if not rows:
-        return f"{title}\n  (no case with a known value)"
-    body = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
-    heads = [h for _, h in columns]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(heads)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
-    lines = ([title] if title else []) + [fmt(heads), fmt(["-" * w for w in widths])]
-    return "\n".join(lines + [fmt(b) for b in body])
-
-
-def _jsonable(x: Any) -> Any:
-    """inf -> "inf" / "-inf", NaN -> null, numpy -> Python (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return None if math.isnan(x) else (("inf" if x > 0 else "-inf") if math.isinf(x) else x)
-    return x
-
-
-def _settings(args, pred_dir: Path, cases) -> dict[str, Any]:
-    manifest = pred_dir / "predictions_manifest.json"
-    errors: Any = {}
-    if manifest.is_file():
-        try:
-            errors = json.loads(manifest.read_text()).get("errors", {})
-        except (json.JSONDecodeError, AttributeError) as exc:
-            warn(f"{manifest}: unreadable ({exc}); inference errors not reported")
-    return {"inference_errors": errors, "settings": {"pred": str(pred_dir), "data": str(args.data), "split": args.split,
-                         "subgroups": args.subgroups, "hd_units": args.hd_units,
-                         "threshold": args.threshold, "resample_pred": args.resample_pred,
-                         "cases_in_split": len(cases)}}
-
-
-def write_outputs(out: Path, rows, columns, summary) -> None:
-    buf = _text_io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow(["" if r.get(c) is None else repr(float(r[c])) if isinstance(r[c], float)
-                    else r[c] for c in columns])
-    io.atomic_write_text(out / "per_case.csv", buf.getvalue())
-    io.atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=1, allow_nan=False))
-    print(f"wrote {out / 'per_case.csv'}, {out / 'summary.json'}"
-          + (f" and {len(summary.get('plots', []))} plot(s) in {out / 'plots'}" if summary.get("plots") else ""))
+        raise UserError(f"--data {data}: no case in split {args.split!r}")
+    opts = ev.EvalOptions(data=str(data), split=args.split, subgroups=args.subgroups, hd_units=args.hd_units,
+                          threshold=args.threshold, resample_pred=args.resample_pred, workers=args.workers,
+                          no_plots=args.no_plots, quiet=args.quiet)
+    score = ev.score_segmentation if args.task == "seg" else ev.score_pcr
+    return score(opts, cases, pred, out, shown)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    shown = parse_subgroups(args.subgroups)
-    marker = "pred_segmentations" if args.task == "seg" else "predictions.csv"
-    pred = Path(args.pred) if args.pred else latest_prediction_dir(REPO / "predictions", marker)
-    if not pred.is_dir():
-        raise SystemExit(f"--pred {pred}: folder not found")
-    args.data = Path(args.data) if args.data else default_data()
-    out = Path(args.out) if args.out else pred / ("evaluation" if args.task == "seg" else "evaluation_pcr")
-    for inp in (pred / "pred_segmentations", args.data):
-        if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
-            raise SystemExit(f"--out {out} lies inside the input folder {inp}; choose another folder")
+    from core.errors import UserError
+    # the library's warnings (missing, failed, non-binary predictions) go to this run's stderr
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger = logging.getLogger("engine")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
     try:
-        cases = mamamia.select(mamamia.load_dataset(args.data), split=args.split)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"--data {args.data}: {exc}") from exc
-    if not cases:
-        raise SystemExit(f"--data {args.data}: no case in split {args.split!r}")
-    run = run_seg if args.task == "seg" else run_pcr
-    return run(args, cases, pred, out, shown)
+        return run(args)
+    except (UserError, FileNotFoundError) as exc:
+        if os.environ.get("MAMAMIA_DEBUG"):
+            raise
+        print(f"eval.py: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        logger.removeHandler(handler)
 
 
 if __name__ == "__main__":

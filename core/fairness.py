@@ -1,6 +1,6 @@
 """Cohort-level scores of the MAMA-MIA challenge: subgroups, fairness, ranking, pCR metrics.
 
-Official rules (REFERENCE.md section 2; challenge scripts ``scoring_task1.py`` and
+Official rules (challenge scripts ``scoring_task1.py`` and
 ``scoring_task2.py`` of LidiaGarrucho/MAMA-MIA):
 
 - subgroups: age bins (0,40], (40,50], (50,60], (60,70], (70,100] (pandas ``cut``; missing or out of
@@ -58,6 +58,11 @@ AGE_EDGES = (0, 40, 50, 60, 70, 100)  # scoring_task1.py pd.cut bins (right-clos
 AGE_LABELS = ("0-40", "41-50", "51-60", "61-70", "71+")  # official labels
 FAIRNESS_VARIABLES = ("age", "menopausal_status", "breast_density")
 ALPHA = 0.5  # official weight between performance and fairness
+
+# command-line names of the subgroup variables (``subtype`` is a non-official extra)
+SUBGROUP_NAMES = {"age": "age", "menopause": "menopausal_status",
+                  "menopausal_status": "menopausal_status", "density": "breast_density",
+                  "breast_density": "breast_density", "subtype": "subtype"}
 
 
 def _missing(x: Any) -> bool:

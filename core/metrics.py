@@ -1,7 +1,7 @@
 """Per-case segmentation metrics of the MAMA-MIA challenge, plus a few labelled extras.
 
 Official rules (MAMA-MIA Task 1, challenge scoring code ``src/challenge/metrics.py`` of
-LidiaGarrucho/MAMA-MIA; see REFERENCE.md section 2):
+LidiaGarrucho/MAMA-MIA):
 
 - masks are the voxels with label value 1;
 - Dice = 2TP / (2TP + FP + FN), and 0.0 when both masks are empty;

@@ -1,6 +1,6 @@
 """pCR prediction from tabular tumour features: filtering, selection, calibration, cross-validation.
 
-Seed B's pipeline (REFERENCE.md s.5), every step fitted on the training rows of a fold only:
+Seed B's pipeline (MAMA-MIA 2025), every step fitted on the training rows of a fold only:
 
 1. :class:`FeaturePipeline`
    a. drop features missing in more than ``max_missing`` of the training rows, impute the rest

@@ -289,8 +289,7 @@ def parse_budget(budget: Union[str, float, Budget]) -> Budget:
     ``archs.mednext.kernel=5``).
     'cpu' targets a 2-core CPU: features 16..128, at most 3 poolings per axis (4 stages), an
     initial patch of 64^3 voxels, and an element budget equal to that U-Net's activations on
-    64^3 at batch 2. Measured on the development CPU, that forward pass takes ~1.2 s (REFERENCE
-    section 3), which keeps a training step to a few seconds. MedNeXt S with 16 channels.
+    64^3 at batch 2. Measured on the development CPU, that forward pass takes ~1.2 s (bench/README.md), which keeps a training step to a few seconds. MedNeXt S with 16 channels.
     """
     if isinstance(budget, Budget):
         return budget

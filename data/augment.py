@@ -6,7 +6,7 @@ Random parameters are drawn once per batch (``draw_params``, a CPU ``torch.Gener
 sample-channel rows) whose parameters are not the identity.
 
 Default profile ``"nnunet"`` = nnU-Net v2 ``nnUNetTrainer.get_training_transforms`` for 3D
-isotropic patches (batchgeneratorsv2 transforms, REFERENCE.md section 3), in its order:
+isotropic patches (batchgeneratorsv2 transforms, nnunetv2 nnUNetTrainer.get_training_transforms), in its order:
 
 1. spatial, per sample: rotation p 0.2 (all three angles U(-30, 30) deg), isotropic scaling
    p 0.2 U(0.7, 1.4) (> 1 reads a larger region: objects shrink), elastic off; centre crop to

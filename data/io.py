@@ -25,7 +25,7 @@ from core.atomic import atomic_write
 log = logging.getLogger(__name__)
 
 # Phases of one MAMA-MIA case can differ slightly in origin/direction; within this tolerance
-# they are the same grid (REFERENCE.md section 1).
+# they are the same grid (the MAMA-MIA phases of a case share one acquisition grid).
 GRID_TOL = 1e-5
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 

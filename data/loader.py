@@ -14,11 +14,8 @@ Where augmentation runs (``augment_on``):
 
 Backends: ``"thread"`` (a thread per worker; numpy copies and torch kernels release the GIL, and
 batches are handed over without copying) or ``"process"`` (``torch.utils.data.DataLoader`` over
-an ``IterableDataset``; batches travel through shared memory). Measured with ``throughput`` on
-the 2-core development machine (nnU-Net profile, 3x160^3 case, 96^3 patch, batch 2, 1 torch
-thread, 3 interleaved runs each, machine shared with other jobs, load average ~10):
-1 worker: thread 4.4, process 3.4 batches/s; 2 workers: thread 3.4, process 2.7 batches/s.
-Threads win (no shared-memory copy per batch), and on 2 cores a second worker does not pay,
+an ``IterableDataset``; batches travel through shared memory). Threads win on a 2-core machine
+(no shared-memory copy per batch; a second worker does not pay there, bench/README.md),
 hence the defaults: threads, ``os.cpu_count() - 1`` workers (at most 4, at least 1).
 
 ``wait_time`` reports how long the consumer waited for each batch: near 0 means the loader

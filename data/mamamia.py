@@ -1,4 +1,4 @@
-"""Read a MAMA-MIA dataset folder exactly as it is on disk (REFERENCE.md section 1).
+"""Read a MAMA-MIA dataset folder exactly as it is on disk (MAMA-MIA, Garrucho et al., Scientific Data 2025).
 
 Layout::
 

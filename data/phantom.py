@@ -11,7 +11,7 @@ Command line::
     python -m data.phantom --summary              # generate/reuse the default dataset, print table
     python -m data.phantom --preview DIR          # DIR/phantom_preview.png, one case per center
 
-The folder follows the real layout exactly (REFERENCE.md section 1): ``images/<ID>/<id>_000k.nii.gz``
+The folder follows the real layout exactly (MAMA-MIA, Garrucho et al., Scientific Data 2025): ``images/<ID>/<id>_000k.nii.gz``
 (upper-case folder, lower-case files, int16, a stray ``.tsv`` beside them),
 ``segmentations/expert/<id>.nii.gz`` (uint8 {0,1} on the ``_0001`` grid),
 ``patient_info_files/<id>.json`` and ``train_test_splits.csv`` (columns train_split,test_split,
@@ -98,7 +98,7 @@ LESION_SCALE = {"small": 1.0, "full": 1.0}
 
 @dataclass(frozen=True)
 class Center:
-    """Acquisition protocol of one MAMA-MIA center (REFERENCE.md section 1 table)."""
+    """Acquisition protocol of one MAMA-MIA center (MAMA-MIA, Garrucho et al., Scientific Data 2025, Table 1)."""
 
     name: str
     code: int
@@ -620,7 +620,7 @@ def default_dataset(scale: str = "small", cases: int = 40, seed: int = 0, worker
 
 # ----------------------------------------------------------------------------- checks and pictures
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    """2TP / (2TP + FP + FN); both empty -> 0 (official MAMA-MIA rule, REFERENCE.md s.2)."""
+    """2TP / (2TP + FP + FN); both empty -> 0 (official MAMA-MIA rule, scoring_task1.py)."""
     tp = int(np.count_nonzero(a & b))
     denom = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
     return 2.0 * tp / denom if denom else 0.0

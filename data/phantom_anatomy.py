@@ -18,7 +18,7 @@ necrotic core, extra foci and satellites. Heart, aorta and vessels take up contr
 more strongly than the tumour, and parenchyma enhances (background enhancement): bait for
 thresholding methods.
 
-Signal (REFERENCE.md section 6): Parker population AIF -> extended Tofts tissue concentration ->
+Signal (Parker et al. 2006; Tofts et al. 1999; the SPGR signal equation): Parker population AIF -> extended Tofts tissue concentration ->
 R1 = 1/T10 + r1 C -> spoiled gradient echo. Artefacts, in acquisition order: rigid motion between
 phases (the annotated phase ``_0001`` is the reference), blur (point-spread), ghosting along the
 phase-encode axis, smooth multiplicative bias field, Rician noise, int16 storage.
@@ -33,11 +33,11 @@ import numpy as np
 from scipy import ndimage, signal
 
 # ----------------------------------------------------------------------------- kinetics
-# Parker et al. 2006 population AIF (REFERENCE.md s.6), t in minutes.
+# Parker et al. 2006 population AIF (Magn Reson Med 56:993), t in minutes.
 PARKER = dict(A1=0.809, A2=0.330, T1=0.17046, T2=0.365, s1=0.0563, s2=0.132,
               a=1.050, b=0.1685, s=38.078, tau=0.483)
 HCT = 0.45
-R1_RELAXIVITY = 4.9  # /mM/s (REFERENCE.md s.6)
+R1_RELAXIVITY = 4.9  # /mM/s (gadobutrol-class agents at 1.5-3 T, Rohrer et al. 2005)
 CURVE_TYPES = ("persistent", "plateau", "washout")
 # Kuhl et al. 1999: late signal vs early post-contrast signal, +-10 % separates the three types.
 CURVE_THRESHOLD = 0.10
@@ -153,8 +153,8 @@ def draw_tumour_kinetics(rng: np.random.Generator, kind: str, times_s, injection
 LABELS = dict(air=0, fat=1, fgt=2, skin=3, muscle=4, lung=5, blood=6, myocardium=7, marrow=8,
               tumour=9, necrosis=10)
 # (M0, T10 at 1.5 T ms, T10 at 3 T ms, Ktrans /min, ve, vp). T10 of fat, fibroglandular tissue and
-# blood from REFERENCE.md s.6; muscle/myocardium from Stanisz et al. 2005; tumour ~1600 ms
-# (REFERENCE.md) scaled to 3 T like fibroglandular tissue; blood M0 > 1 mimics inflow brightening.
+# blood from Stanisz et al. 2005 and Lu et al. 2004; muscle/myocardium from Stanisz et al. 2005; tumour ~1600 ms
+# (literature values at 1.5 T) scaled to 3 T like fibroglandular tissue; blood M0 > 1 mimics inflow brightening.
 TISSUES = {
     "air": (0.0, 1000, 1000, 0, 1, 0),
     "fat": (1.0, 296, 423, 0.0, 1, 0),

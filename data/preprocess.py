@@ -7,7 +7,7 @@ with everything needed to put a prediction back on the original grid (``restore`
 The order crop -> normalise -> resample is nnU-Net v2's (DefaultPreprocessor): statistics are
 taken on the original voxels, not on interpolated ones.
 
-Resampling (nnU-Net v2 rules, REFERENCE.md section 3): images with cubic interpolation, masks
+Resampling (nnU-Net v2 rules, nnunetv2/preprocessing/resampling/default_resampling.py): images with cubic interpolation, masks
 by linear interpolation of the (one-hot) mask then threshold 0.5; when the spacing anisotropy
 exceeds 3 the coarse axis is resampled separately with nearest-neighbour (images and masks).
 Cubic interpolation here is Keys' cubic convolution (a = -0.5, which reproduces linear and

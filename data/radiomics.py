@@ -4,7 +4,7 @@ Per case (arrays ``(C, X, Y, Z)`` of all DCE phases on the ``_0001`` grid, mask 
 
 ``post_<class>_<Feature>``
     pyradiomics on the first post-contrast phase inside the mask. Defaults are seed B's
-    (REFERENCE.md s.5): ``binWidth`` 25, no resampling, the Original image, classes firstorder,
+    (seed B, MAMA-MIA 2025): ``binWidth`` 25, no resampling, the Original image, classes firstorder,
     shape, glcm, glrlm, glszm, gldm, ngtdm. ``RadiomicsConfig(resample_mm=1.0)`` resamples image
     (B-spline) and mask (nearest) to isotropic ``resample_mm`` spacing first (pyradiomics'
     ``resampledPixelSpacing``), which makes texture features comparable across centers with
@@ -74,7 +74,7 @@ PRE, POST = 0, 1  # phase numbers: pre-contrast and first post-contrast (the ann
 
 @dataclass(frozen=True)
 class RadiomicsConfig:
-    """Feature settings; defaults are seed B's pyradiomics settings (REFERENCE.md s.5)."""
+    """Feature settings; defaults are seed B's pyradiomics settings (seed B, MAMA-MIA 2025)."""
 
     bin_width: float = 25.0
     classes: tuple[str, ...] = FEATURE_CLASSES

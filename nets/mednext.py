@@ -17,25 +17,13 @@ Deviation kept on purpose: MedNeXt's heads are 1x1x1 ``ConvTranspose3d`` (weight
 ours are ``Conv3d`` (``(K, C, 1, 1, 1)``), the same function and parameter count. All five heads
 are always built (as nnU-Net does) so checkpoints load with deep supervision on or off.
 
-Memory format: by default the network converts its input to ``channels_last_3d``; logits are
-returned contiguous. Depthwise convolutions run several times faster in that format on CPU
-(REFERENCE.md section 3), and the 1x1x1 convolutions then become plain GEMMs over a permuted view
-(``PointwiseConv3d``); the stride-1 depthwise backward computes the input gradient as a flipped-kernel
-forward conv (``DepthwiseConv3d``). MedNeXt-S, 3 input channels, batch 1, 48^3, one training step
-(forward + backward), CPU seconds on the 2-core AVX2 development machine, 1 thread, best of 3:
-
-    =======  ===============  ============================  ===============================
-    kernel   plain nn.Conv3d  these layers, contiguous       these layers, channels_last_3d
-    =======  ===============  ============================  ===============================
-    3        1.95 (fwd 0.45)  1.56 (fwd 0.45)                1.62 (fwd 0.35)
-    5        4.53 (fwd 0.55)  2.93 (fwd 0.58)                2.54 (fwd 0.47)
-    =======  ===============  ============================  ===============================
-
-By default (``channels_last=None``) the format follows the device: ``channels_last_3d`` on CPU,
-contiguous on CUDA, where cuDNN's depthwise kernels are faster on contiguous tensors (H100, bf16
-autocast, MedNeXt-M, 128^3, batch 2, one training step: channels_last_3d ran at 0.91x (kernel 3) and
-0.87x (kernel 5) the speed of contiguous; ``bench/train_step.py --device cuda``). ``True`` or
-``False`` forces one format.
+Memory format: by default (``channels_last=None``) the format follows the device:
+``channels_last_3d`` on CPU, where depthwise convolutions run several times faster and the 1x1x1
+convolutions become plain GEMMs over a permuted view (``PointwiseConv3d``); contiguous on CUDA,
+where cuDNN's depthwise kernels are faster on contiguous tensors. The stride-1 depthwise backward
+computes the input gradient as a flipped-kernel forward conv (``DepthwiseConv3d``). The timings
+behind these choices are in bench/README.md (``bench/train_step.py``). ``True`` or ``False``
+forces one format.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Klambauer et al., "Self-Normalizing Neural Networks", NeurIPS 2017: with SELU activations,
 LeCun-normal weights (N(0, 1/fan_in)) and zero biases, activations of a standardised input keep
 zero mean and unit variance through depth; AlphaDropout keeps those moments under dropout. The
-MAMA-MIA seed B pCR model is such a network trained with binary cross-entropy (REFERENCE.md s.5).
+MAMA-MIA seed B pCR model is such a network trained with binary cross-entropy (seed B, MAMA-MIA 2025).
 
     clf = SNNClassifier(hidden=(64, 32), dropout=0.05, pos_weight="balanced", seed=0)
     clf.fit(X, y)                     # X (N, F) standardised features, y (N,) in {0, 1}

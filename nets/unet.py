@@ -17,9 +17,7 @@ Parameter count for the same topology is identical to nnU-Net's ``PlainConvUNet(
 
 Memory format: by default (``channels_last=None``) the network is built in ``channels_last_3d``
 (weights and activations) on a machine without CUDA, where oneDNN's 3D convolutions train a few
-percent faster that way (16-128 features, 64^3, batch 2, 2 threads on the development machine:
-1.80 s/step vs 1.85 contiguous; channels_last activations with contiguous weights were slower,
-1.92 s), and contiguous where CUDA is available. Logits are returned contiguous.
+percent faster that way (bench/README.md), and contiguous where CUDA is available. Logits are returned contiguous.
 ``True``/``False`` force one format.
 
 Output contract (shared by every network here): a list of ``S-1`` logit tensors, full resolution

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import eval as ev
+from core.errors import UserError
+from engine import evaluation as E
 from conftest import write_tiny_dataset
 from core.metrics import case_metrics
 from data import plots
@@ -63,15 +65,16 @@ def test_seg_cli_values_and_aggregates(cohort, tmp_path, capsys):
     out = tmp_path / "ev"
     rc, stdout, stderr = run(capsys, "--pred", pred, "--data", root, "--out", out, "--no-plots",
                              "--subgroups", "age,menopause,density")
-    # the grid mismatch fails DUKE_004 only, naming it; the others are still reported
+    # the grid mismatch makes DUKE_004 a failed case, named, counted like a missing prediction
     assert rc == 1
     assert "DUKE_004" in stderr and "--resample-pred" in stderr
     assert "DUKE_001" in stderr  # the missing-prediction warning
     rows = read_rows(out / "per_case.csv")
-    assert sorted(rows) == ["DUKE_000", "DUKE_001", "DUKE_002", "DUKE_003"]
+    assert sorted(rows) == ["DUKE_000", "DUKE_001", "DUKE_002", "DUKE_003", "DUKE_004"]
+    assert rows["DUKE_004"]["prediction"] == "failed"
 
-    # per-case values equal core.metrics called directly (missing -> empty mask)
-    for i in range(4):
+    # per-case values equal core.metrics called directly (missing or failed -> empty mask)
+    for i in range(5):
         want = case_metrics(preds.get(i, np.zeros_like(gts[i])), gts[i], SPACING)
         r = rows[f"DUKE_{i:03d}"]
         for k, v in want.items():
@@ -87,19 +90,19 @@ def test_seg_cli_values_and_aggregates(cohort, tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["missing_predictions"] == ["DUKE_001"]
     assert list(s["failed"]) == ["DUKE_004"]
-    d = np.array([float(rows[f"DUKE_{i:03d}"]["dice"]) for i in range(4)])
-    h = np.array([float(rows[f"DUKE_{i:03d}"]["norm_hd"]) for i in range(4)])
+    d = np.array([float(rows[f"DUKE_{i:03d}"]["dice"]) for i in range(5)])
+    h = np.array([float(rows[f"DUKE_{i:03d}"]["norm_hd"]) for i in range(5)])
     perf = 0.5 * (d.mean() + 1 - h.mean())
 
     def fair_v(groups):  # groups: lists of case indices
         md, mh = [d[g].mean() for g in groups], [h[g].mean() for g in groups]
         return 1 - 0.5 * ((max(md) - min(md)) + (max(mh) - min(mh)))
 
-    fv = {"age": fair_v([[0], [1], [2], [3]]),               # 35, 45, 55, 65: one bin each
-          "menopausal_status": fair_v([[0, 1], [2], [3]]),  # pre, post, unknown
-          "breast_density": fair_v([[0, 3], [1]])}          # a, b; DUKE_002 missing -> excluded
+    fv = {"age": fair_v([[0], [1], [2], [3], [4]]),            # 35, 45, 55, 65, 75: one bin each
+          "menopausal_status": fair_v([[0, 1], [2, 4], [3]]),  # pre, post, unknown
+          "breast_density": fair_v([[0, 3], [1, 4]])}          # a, b; DUKE_002 missing -> excluded
     o = s["official"]
-    assert o["n_cases"] == 4 and o["is_official"] is True
+    assert o["n_cases"] == 5 and o["is_official"] is True
     assert o["mean_dice"] == pytest.approx(d.mean())
     assert o["performance"] == pytest.approx(perf)
     for v, x in fv.items():
@@ -108,14 +111,42 @@ def test_seg_cli_values_and_aggregates(cohort, tmp_path, capsys):
     assert o["ranking"] == pytest.approx(0.5 * perf + 0.5 * np.mean(list(fv.values())))
     ok = d >= 0.5
     assert s["non_official"]["demographic_parity"]["breast_density"] == \
-        pytest.approx(abs(ok[[0, 3]].mean() - ok[[1]].mean()))
+        pytest.approx(abs(ok[[0, 3]].mean() - ok[[1, 4]].mean()))
     centers = {r["group"]: r for r in s["per_center"]}
-    assert centers["DUKE"]["count"] == 3 and centers["NACT"]["count"] == 1
+    assert centers["DUKE"]["count"] == 3 and centers["NACT"]["count"] == 2
     assert centers["DUKE"]["dice"] == pytest.approx(d[:3].mean())
     # printed tables: the official block and aligned rows with counts
     assert "Performance" in stdout and "By breast_density" in stdout
     all_row = next(line for line in stdout.splitlines() if line.startswith("all "))
-    assert all_row.split()[1] == "4" and float(all_row.split()[2]) == pytest.approx(d.mean(), abs=1e-4)
+    assert all_row.split()[1] == "5" and float(all_row.split()[2]) == pytest.approx(d.mean(), abs=1e-4)
+
+
+def test_unusable_predictions_cannot_flatter_the_scores(cohort, tmp_path, capsys):
+    """A corrupt file scores exactly like a missing one; 0/255 and probability maps are scored
+    as the official scorer does (label 1 only) with a warning; no usable file is an error."""
+    root, pred, gts, _ = cohort
+    seg = pred / "pred_segmentations"
+    (seg / "DUKE_004.nii.gz").unlink()
+    rc, _, _ = run(capsys, "--pred", pred, "--data", root, "--out", tmp_path / "a", "--no-plots")
+    missing = json.loads((tmp_path / "a" / "summary.json").read_text())["official"]
+    (seg / "DUKE_004.nii.gz").write_bytes(b"\x1f\x8b not a nifti")
+    rc, _, err = run(capsys, "--pred", pred, "--data", root, "--out", tmp_path / "b", "--no-plots")
+    corrupt = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert rc == 1 and "DUKE_004" in err and "DUKE_004" in corrupt["failed"]
+    assert corrupt["official"]["mean_dice"] == pytest.approx(missing["mean_dice"])
+    assert corrupt["official"]["ranking"] == pytest.approx(missing["ranking"]) and corrupt["official"]["n_cases"] == 5
+    # 0/255 masks: label 1 only, so empty; named in a warning
+    aff = np.diag(list(SPACING) + [1.0])
+    nib.save(nib.Nifti1Image((gts[0] * 255).astype(np.uint8), aff), str(seg / "DUKE_000.nii.gz"))
+    rc, _, err = run(capsys, "--pred", pred, "--data", root, "--out", tmp_path / "c", "--no-plots")
+    rows = read_rows(tmp_path / "c" / "per_case.csv")
+    assert rows["DUKE_000"]["prediction"] == "non_binary" and float(rows["DUKE_000"]["dice"]) == 0.0
+    assert "other than 0 and 1" in err and "DUKE_000" in err
+    # nothing usable at all: a non-zero exit even though every case was "scored"
+    for f in seg.iterdir():
+        f.write_bytes(b"junk")
+    rc, _, err = run(capsys, "--pred", pred, "--data", root, "--out", tmp_path / "d", "--no-plots")
+    assert rc == 1 and "no usable prediction" in err
 
 
 def test_seg_resample_pred_and_plots(cohort, tmp_path, capsys):
@@ -180,18 +211,20 @@ def test_pcr_task(cohort, tmp_path, capsys):
 def test_pcr_bad_csv_names_the_line(cohort, capsys):
     root, pred, _, _ = cohort
     (pred / "predictions.csv").write_text("patient_id,pcr,score\nDUKE_000,2,0.1\n")
-    with pytest.raises(SystemExit, match=r"predictions.csv:2"):
-        ev.main(["--task", "pcr", "--pred", str(pred), "--data", str(root), "--quiet"])
+    assert ev.main(["--task", "pcr", "--pred", str(pred), "--data", str(root), "--quiet"]) == 2
+    assert "predictions.csv:2" in capsys.readouterr().err
 
 
-def test_user_errors(cohort, tmp_path):
+def test_user_errors(cohort, tmp_path, capsys):
     root, pred, _, _ = cohort
-    with pytest.raises(SystemExit, match="nowhere"):
-        ev.main(["--pred", str(tmp_path / "nowhere"), "--data", str(root)])
-    with pytest.raises(SystemExit, match="unknown name"):
-        ev.main(["--pred", str(pred), "--data", str(root), "--subgroups", "age,shoe_size"])
-    with pytest.raises(SystemExit, match="inside the input folder"):
-        ev.main(["--pred", str(pred), "--data", str(root), "--out", str(pred / "pred_segmentations" / "x")])
+    for args, msg in ((["--pred", str(tmp_path / "nowhere"), "--data", str(root)], "nowhere"),
+                      (["--pred", str(pred), "--data", str(root), "--subgroups", "age,shoe_size"], "unknown name"),
+                      (["--pred", str(pred), "--data", str(root), "--out", str(pred / "pred_segmentations" / "x")],
+                       "inside the input folder"),
+                      (["--pred", str(pred), "--data", str(tmp_path / "nodata")], "nodata")):
+        assert ev.main(args) == 2, args
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, args
 
 
 def test_latest_prediction_dir(tmp_path):
@@ -200,13 +233,13 @@ def test_latest_prediction_dir(tmp_path):
         if name != "nopred":
             (tmp_path / name / "pred_segmentations").mkdir()
             os.utime(tmp_path / name / "pred_segmentations", (t, t))
-    assert ev.latest_prediction_dir(tmp_path, "pred_segmentations") == tmp_path / "new"
-    with pytest.raises(SystemExit, match="predictions.csv"):
-        ev.latest_prediction_dir(tmp_path, "predictions.csv")
+    assert E.latest_prediction_dir(tmp_path, "pred_segmentations") == tmp_path / "new"
+    with pytest.raises(UserError, match="predictions.csv"):
+        E.latest_prediction_dir(tmp_path, "predictions.csv")
 
 
 def test_format_table_aligns_and_marks_missing():
-    text = ev.format_table([{"group": "a", "count": 3, "x": 0.5}, {"group": "bbb", "count": 12,
+    text = E.format_table([{"group": "a", "count": 3, "x": 0.5}, {"group": "bbb", "count": 12,
                                                                   "x": math.inf}],
                            [("group", ""), ("count", "n"), ("x", "X")], "T")
     lines = text.splitlines()

@@ -18,7 +18,7 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
-# Published (MedNeXt paper, Table 1; REFERENCE.md section 4), 1 input channel, 14 classes, deep
+# Published (MedNeXt, Roy et al. MICCAI 2023, Table 1), 1 input channel, 14 classes, deep
 # supervision on, in millions.
 PUBLISHED = {("S", 3): 5.6, ("B", 3): 10.5, ("M", 3): 17.6, ("L", 3): 61.8,
              ("S", 5): 5.9, ("B", 5): 11.0, ("M", 5): 18.3, ("L", 5): 63.0}

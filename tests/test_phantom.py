@@ -172,7 +172,7 @@ def test_deterministic_for_a_seed(ds):
 
 # ----------------------------------------------------------------------------- kinetics
 def _parker_reference(t):
-    """Parker et al. 2006, written out independently (REFERENCE.md s.6)."""
+    """Parker et al. 2006, written out independently (Magn Reson Med 56:993)."""
     g = lambda a, m, s: a / (s * math.sqrt(2 * math.pi)) * math.exp(-(t - m) ** 2 / (2 * s * s))
     return (g(0.809, 0.17046, 0.0563) + g(0.330, 0.365, 0.132)
             + 1.050 * math.exp(-0.1685 * t) / (1 + math.exp(-38.078 * (t - 0.483)))) if t > 0 else 0.0
