@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -86,22 +85,8 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from core.errors import UserError
-    # the library's warnings (missing, failed, non-binary predictions) go to this run's stderr
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    logger = logging.getLogger("engine")
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    try:
-        return run(args)
-    except (UserError, FileNotFoundError) as exc:
-        if os.environ.get("MAMAMIA_DEBUG"):
-            raise
-        print(f"eval.py: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        logger.removeHandler(handler)
+    from core.cli import run_entry_point
+    return run_entry_point("eval.py", lambda: run(args), logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -140,15 +139,8 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from core.errors import UserError
-    try:
-        return run(args)
-    except (UserError, FileNotFoundError) as exc:
-        if os.environ.get("MAMAMIA_DEBUG"):
-            raise
-        print(f"infer.py: error: {exc}", file=sys.stderr)
-        return 2
+    from core.cli import run_entry_point
+    return run_entry_point("infer.py", lambda: run(args), logging.INFO)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import nets  # the network registry; imports no torch, so --help and flag errors answer at once
@@ -155,15 +154,8 @@ def train_seg(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from core.errors import UserError
-    try:
-        return train_pcr(args) if args.task == "pcr" else train_seg(args)
-    except (UserError, FileNotFoundError) as exc:
-        if os.environ.get("MAMAMIA_DEBUG"):
-            raise
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        return 2
+    from core.cli import run_entry_point
+    return run_entry_point("train.py", lambda: train_pcr(args) if args.task == "pcr" else train_seg(args), logging.INFO)
 
 
 if __name__ == "__main__":
