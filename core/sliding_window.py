@@ -24,11 +24,11 @@ the volume border the weights still reach the float16 floor and its logits there
 0.5 (bench/sliding_window_vs_peers.py). Here accumulators are always float32, so the scaling is
 unnecessary (it cancels in the division) and the result matches a float64 loop to ~1e-6.
 
-Speed features beyond nnU-Net, both exact:
-
-- ``skip_empty``: a window whose input is entirely ``background_value`` (all channels) is a constant
-  patch, so the network's answer is the same for every such window. It is computed once and reused.
-- ``box``: windows not intersecting the box are not run at all; the output outside it is background.
+The parts, as nnU-Net splits them: :func:`plan_windows` (where the windows go, and which are run),
+:func:`flip_tta` (the prediction of one batch of windows, with flip test-time augmentation) and
+:func:`predict_tiles` (the weighted accumulation); :func:`sliding_window_predict` composes them.
+Windows outside a ``box`` or away from a ``region`` (the body) are not run; their share is
+background. Both are exact where the network would predict background anyway.
 
 Windows are cut out in a prefetch thread while the network runs (see :func:`_prefetch`). The
 Gaussian map is a product of 1-D Gaussians and the window grid is a Cartesian product, so the
@@ -42,6 +42,7 @@ import logging
 import math
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -160,8 +161,18 @@ def _check_box(box: Sequence[slice], shape: Sequence[int]) -> list[tuple[int, in
     return ranges
 
 
-def _predict_tta(net_fn, x, tta_combos, probabilities: bool, autocast_dtype) -> torch.Tensor:
-    """Mean over flips of flip(f(flip(x))), f = softmax(net) or net; (B, K, *patch) float32."""
+def flip_tta(net_fn: Callable[[torch.Tensor], torch.Tensor], axes: Sequence[int] = (),
+             probabilities: bool = True, autocast_dtype: torch.dtype | None = None
+             ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The window predictor: mean over flips of flip(f(flip(x))) with f = softmax(net) (or the
+    raw logits), every non-empty subset of the spatial ``axes`` (0, 1, 2) plus the identity;
+    maps (B, C, *patch) to (B, K, *patch) float32. ``autocast_dtype`` runs the network under
+    ``torch.autocast`` (e.g. float16 on CUDA)."""
+    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"tta_axes must be distinct values among 0, 1, 2; got {tuple(axes)}")
+    dims = [a + 2 for a in sorted(axes)]
+    combos = [c for r in range(1, len(dims) + 1) for c in itertools.combinations(dims, r)]
+
     def f(inp):
         if autocast_dtype is None:
             out = net_fn(inp)
@@ -171,120 +182,54 @@ def _predict_tta(net_fn, x, tta_combos, probabilities: bool, autocast_dtype) -> 
         out = out.float()
         return torch.softmax(out, dim=1) if probabilities else out
 
-    pred = f(x)
-    for dims in tta_combos:
-        pred += torch.flip(f(torch.flip(x, dims)), dims)
-    if tta_combos:
-        pred /= len(tta_combos) + 1
-    return pred
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        pred = f(x)
+        for c in combos:
+            pred += torch.flip(f(torch.flip(x, c)), c)
+        if combos:
+            pred /= len(combos) + 1
+        return pred
+    return predict
 
 
-def sliding_window_predict(
-    net_fn: Callable[[torch.Tensor], torch.Tensor],
-    image: torch.Tensor,
-    patch: Sequence[int],
-    num_classes: int,
-    step: float = 0.5,
-    gaussian: bool = True,
-    window_batch: int = 1,
-    device: torch.device | str | None = None,
-    accum_device: torch.device | str | None = None,
-    tta_axes: Sequence[int] = (),
-    skip_empty: bool = False,
-    background_value: float = 0.0,
-    box: Sequence[slice] | None = None,
-    region=None,
-    region_margin: int = 4,
-    average: str = "probabilities",
-    return_logits: bool = False,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """Predict a whole (C, X, Y, Z) volume window by window; returns (K, X, Y, Z) float32.
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where the windows go over a volume padded to at least the patch.
 
-    Args:
-        net_fn: maps (B, C, *patch) to logits (B, K, *patch); called under no_grad. Put the
-            module in eval mode first.
-        image: (C, X, Y, Z) tensor, already preprocessed.
-        patch: window size (px, py, pz).
-        num_classes: K, checked against the network output.
-        step: window stride as a fraction of the patch (0.5 = nnU-Net's 50 % overlap).
-        gaussian: Gaussian importance weighting (nnU-Net default) instead of a plain mean.
-        window_batch: windows per network call.
-        device: where the network runs; default ``image.device``.
-        accum_device: where the (K, X, Y, Z) accumulator lives; default ``device``. Use "cpu"
-            for volumes too large for GPU memory.
-        tta_axes: spatial axes (0, 1, 2 for X, Y, Z) to mirror; all 2^n flip combinations used.
-        skip_empty: reuse one prediction for windows whose input is entirely ``background_value``.
-        background_value: value of every channel outside the body after preprocessing.
-        box: spatial slices (X, Y, Z) of ``image``; windows outside are not run and the output
-            outside is background (class 0 probability 1; logits (0, -1e4, ...)).
-        region: boolean (X, Y, Z) map of where there can be foreground (e.g. the body); a window
-            with no True voxel within ``region_margin`` voxels of it is not run, and its share of
-            the average is background, as outside ``box``. Unlike ``box`` this skips the air in
-            the corners of the body's bounding box too.
-        average: "probabilities" (softmax per window, then mean) or "logits" (nnU-Net v2: mean of
-            logits, softmax at the end).
-        return_logits: with average="logits", return the averaged logits instead of the softmax.
-        autocast_dtype: run the network under torch.autocast with this dtype (e.g. torch.float16
-            on CUDA); accumulation stays float32.
-        channels_last: feed windows in channels_last_3d memory format.
-        progress: called as progress(done, total) after each network batch.
-
-    Returns:
-        (num_classes, X, Y, Z) float32 probabilities (or logits), on ``accum_device``.
+    ``shape``: the volume; ``padded_shape`` and ``crop`` (slices of the padded volume that are
+    the volume); ``starts``: window starts per axis; ``windows``: slices of every window in grid
+    order; ``run[k]``: whether window k is computed (False: its share is background, because it
+    lies outside the ``box`` or holds no ``region`` voxel within ``region_margin``);
+    ``box_ranges``: the box per axis, or None.
     """
-    image = torch.as_tensor(image)
-    if image.ndim != 4:
-        raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
-    patch = tuple(int(p) for p in patch)
-    if len(patch) != 3:
-        raise ValueError(f"patch must have 3 entries, got {patch}")
-    if average not in ("probabilities", "logits"):
-        raise ValueError(f"average must be 'probabilities' or 'logits', got {average!r}")
-    if return_logits and average != "logits":
-        raise ValueError("return_logits=True needs average='logits'")
-    if window_batch < 1:
-        raise ValueError(f"window_batch must be >= 1, got {window_batch}")
-    if any(a not in (0, 1, 2) for a in tta_axes) or len(set(tta_axes)) != len(tta_axes):
-        raise ValueError(f"tta_axes must be distinct values among 0, 1, 2; got {tuple(tta_axes)}")
-    device = torch.device(device) if device is not None else image.device
-    accum_device = torch.device(accum_device) if accum_device is not None else device
-    probabilities = average == "probabilities"
-    dims = [a + 2 for a in sorted(tta_axes)]
-    tta_combos = [c for r in range(1, len(dims) + 1) for c in itertools.combinations(dims, r)]
 
-    shape = tuple(image.shape[1:])
+    shape: tuple[int, int, int]
+    patch: tuple[int, int, int]
+    padded_shape: tuple[int, int, int]
+    crop: Box
+    starts: list[list[int]]
+    windows: list[Box]
+    run: list[bool]
+    box_ranges: list[tuple[int, int]] | None
+
+
+def plan_windows(shape: Sequence[int], patch: Sequence[int], step: float = 0.5,
+                 box: Sequence[slice] | None = None, region=None, region_margin: int = 4) -> WindowPlan:
+    """Window grid of nnU-Net v2 over ``shape`` (padded to ``patch``), reduced to the windows that
+    meet ``box`` (slices) and the boolean ``region`` map (e.g. the body)."""
+    shape, patch = tuple(int(s) for s in shape), tuple(int(p) for p in patch)
+    if len(patch) != 3 or len(shape) != 3:
+        raise ValueError(f"patch and shape must have 3 entries, got {patch}, {shape}")
     box_ranges = _check_box(box, shape) if box is not None else None
-    if accum_device == device:
-        # Image, network and accumulator on one device: no host round trip per window (on CUDA
-        # the loop then queues work asynchronously and only the end synchronises).
-        image = image.to(device)
-    padded, crop = pad_to_patch(image, patch)  # nnU-Net pads with 0 whatever the background
-    pshape = tuple(padded.shape[1:])
-
-    # Per-axis window starts; with a box, only windows intersecting it (in padded coordinates).
+    pads = [max(p - n, 0) for n, p in zip(shape, patch)]
+    crop = tuple(slice(d // 2, d // 2 + n) for d, n in zip(pads, shape))
+    pshape = tuple(n + d for n, d in zip(shape, pads))
     starts = [window_starts(n, p, step) for n, p in zip(pshape, patch)]
     if box_ranges is not None:
         starts = [[s for s in st if s < c.start + hi and s + p > c.start + lo]
                   for st, p, c, (lo, hi) in zip(starts, patch, crop, box_ranges)]
-    windows = [tuple(slice(s, s + p) for s, p in zip(corner, patch))
-               for corner in itertools.product(*starts)]
-
-    factors = ([_gaussian_1d(p, 1.0 / 8) for p in patch] if gaussian
-               else [torch.ones(p, dtype=torch.float64) for p in patch])
-    weight = (gaussian_importance_map(patch, device=accum_device) if gaussian
-              else torch.ones(patch, device=accum_device))
-
-    if skip_empty:
-        nonempty = padded[0] != background_value  # channel by channel: no (C, X, Y, Z) temporary
-        for c in range(1, padded.shape[0]):
-            nonempty |= padded[c] != background_value
-        flags = torch.stack([nonempty[w].any() for w in windows]).tolist()
-    else:
-        flags = [True] * len(windows)
-    background_windows = [False] * len(windows)
+    windows = [tuple(slice(s, s + p) for s, p in zip(corner, patch)) for corner in itertools.product(*starts)]
+    run = [True] * len(windows)
     if region is not None:
         reg = torch.as_tensor(region).to("cpu", torch.bool)
         if tuple(reg.shape) != shape:
@@ -293,19 +238,30 @@ def sliding_window_predict(
         reg_p[crop] = reg
         for k, w in enumerate(windows):
             grown = tuple(slice(max(0, sl.start - region_margin), sl.stop + region_margin) for sl in w)
-            if flags[k] and not bool(reg_p[grown].any()):
-                flags[k], background_windows[k] = False, True
-    n_todo = sum(flags)
-    log.debug("sliding window: %d windows (%d empty), patch %s, volume %s",
-              len(windows), len(windows) - n_todo, patch, shape)
+            run[k] = bool(reg_p[grown].any())
+    return WindowPlan(shape, patch, pshape, crop, starts, windows, run, box_ranges)
 
-    acc = torch.zeros((num_classes, *pshape), dtype=torch.float32, device=accum_device)
+
+def predict_tiles(predict: Callable[[torch.Tensor], torch.Tensor], padded: torch.Tensor, plan: WindowPlan,
+                  num_classes: int, probabilities: bool = True, window_batch: int = 1,
+                  device: torch.device | str | None = None, accum_device: torch.device | str | None = None,
+                  gaussian: bool = True) -> torch.Tensor:
+    """Weighted mean of ``predict`` over the planned windows of the padded (C, *padded_shape)
+    volume, cropped back to the plan's shape: (K, X, Y, Z) float32 on ``accum_device``. Windows
+    that are not run count as background (probability 1 of class 0, or logits (0, -1e4, ...))."""
+    device = torch.device(device) if device is not None else padded.device
+    accum_device = torch.device(accum_device) if accum_device is not None else device
+    patch = plan.patch
+    factors = ([_gaussian_1d(p, 1.0 / 8) for p in patch] if gaussian
+               else [torch.ones(p, dtype=torch.float64) for p in patch])
+    weight = (gaussian_importance_map(patch, device=accum_device) if gaussian
+              else torch.ones(patch, device=accum_device))
+    acc = torch.zeros((num_classes, *plan.padded_shape), dtype=torch.float32, device=accum_device)
+    log.debug("sliding window: %d windows (%d run), patch %s, volume %s",
+              len(plan.windows), sum(plan.run), patch, plan.shape)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        pred = _predict_tta(net_fn, x, tta_combos, probabilities, autocast_dtype)
+        pred = predict(x.to(device, non_blocking=True))
         if pred.shape[1:] != (num_classes, *patch):
             raise ValueError(f"network output {tuple(pred.shape)} does not match "
                              f"(B, {num_classes}, *{patch})")
@@ -314,25 +270,19 @@ def sliding_window_predict(
     # no_grad rather than inference_mode: inference tensors cannot be updated in place later,
     # which callers summing fold predictions would trip over.
     with torch.no_grad():
-        const_pred = None
-        bg_pred = None
-        if any(background_windows):
-            bg_pred = torch.zeros((num_classes, *patch), dtype=torch.float32, device=accum_device)
-            if probabilities:
-                bg_pred[0] = 1.0
-            else:
-                bg_pred[1:] = -_BACKGROUND_LOGIT_GAP
-        if n_todo < len(windows) - sum(background_windows):
-            const = torch.full((1, padded.shape[0], *patch), background_value, dtype=padded.dtype)
-            const_pred = run(const)[0]
+        bg_pred = torch.zeros((num_classes, *patch), dtype=torch.float32, device=accum_device)
+        if probabilities:
+            bg_pred[0] = 1.0
+        else:
+            bg_pred[1:] = -_BACKGROUND_LOGIT_GAP
         # Windows are accumulated in grid order whatever is skipped or batched, so the float sums
         # (and hence the output) are bitwise those of the run without skipping.
         groups, pending, batch = [], [], []
-        for k, (w, f) in enumerate(zip(windows, flags)):
-            pending.append((w, f, background_windows[k]))
+        for k, (w, f) in enumerate(zip(plan.windows, plan.run)):
+            pending.append((w, f))
             if f:
                 batch.append(w)
-            if len(batch) == window_batch or k + 1 == len(windows):
+            if len(batch) == window_batch or k + 1 == len(plan.windows):
                 groups.append((pending, batch))
                 pending, batch = [], []
 
@@ -341,31 +291,93 @@ def sliding_window_predict(
                 x = torch.stack([padded[(slice(None), *b)] for b in bat]) if bat else None
                 if x is not None and x.device.type == "cpu" and device.type == "cuda":
                     x = x.pin_memory().to(device, non_blocking=True)
-                yield pend, bat, x
+                yield pend, x
 
-        done = 0
-        for pend, bat, x in _prefetch(gather()):
+        for pend, x in _prefetch(gather()):
             preds = iter(run(x)) if x is not None else iter(())
-            for pw, pf, pb in pend:
-                acc[(slice(None), *pw)].addcmul_(next(preds) if pf else bg_pred if pb else const_pred, weight)
-            if bat:
-                done += len(bat)
-                if progress is not None:
-                    progress(done, n_todo)
+            for pw, pf in pend:
+                acc[(slice(None), *pw)].addcmul_(next(preds) if pf else bg_pred, weight)
+        _divide_by_weight_sum(acc, plan.starts, factors)
+    out = acc[(slice(None), *plan.crop)]
+    return out.contiguous() if out.shape != acc.shape else out
 
-        _divide_by_weight_sum(acc, starts, factors)
-        out = acc[(slice(None), *crop)]
-        if out.shape != acc.shape:
-            out = out.contiguous()
-        del acc
+
+def sliding_window_predict(
+    net_fn: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    patch: Sequence[int],
+    num_classes: int,
+    step: float = 0.5,
+    window_batch: int = 1,
+    device: torch.device | str | None = None,
+    accum_device: torch.device | str | None = None,
+    tta_axes: Sequence[int] = (),
+    box: Sequence[slice] | None = None,
+    region=None,
+    region_margin: int = 4,
+    average: str = "probabilities",
+    return_logits: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Predict a whole (C, X, Y, Z) volume window by window; returns (K, X, Y, Z) float32.
+
+    The composition of :func:`plan_windows`, :func:`flip_tta` and :func:`predict_tiles`.
+
+    Args:
+        net_fn: maps (B, C, *patch) to logits (B, K, *patch); called under no_grad. Put the
+            module in eval mode first.
+        image: (C, X, Y, Z) tensor, already preprocessed.
+        patch: window size (px, py, pz).
+        num_classes: K, checked against the network output.
+        step: window stride as a fraction of the patch (0.5 = nnU-Net's 50 % overlap).
+        window_batch: windows per network call.
+        device: where the network runs; default ``image.device``.
+        accum_device: where the (K, X, Y, Z) accumulator lives; default ``device``. Use "cpu"
+            for volumes too large for GPU memory.
+        tta_axes: spatial axes (0, 1, 2 for X, Y, Z) to mirror; all 2^n flip combinations used.
+        box: spatial slices (X, Y, Z) of ``image``; windows outside are not run and the output
+            outside is background (class 0 probability 1; logits (0, -1e4, ...)).
+        region: boolean (X, Y, Z) map of where there can be foreground (e.g. the body); a window
+            with no True voxel within ``region_margin`` voxels of it is not run, and its share of
+            the average is background, as outside ``box``.
+        average: "probabilities" (softmax per window, then mean) or "logits" (nnU-Net v2: mean of
+            logits, softmax at the end).
+        return_logits: with average="logits", return the averaged logits instead of the softmax.
+        autocast_dtype: run the network under torch.autocast with this dtype (e.g. torch.float16
+            on CUDA); accumulation stays float32.
+
+    Returns:
+        (num_classes, X, Y, Z) float32 probabilities (or logits), on ``accum_device``.
+    """
+    image = torch.as_tensor(image)
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
+    if average not in ("probabilities", "logits"):
+        raise ValueError(f"average must be 'probabilities' or 'logits', got {average!r}")
+    if return_logits and average != "logits":
+        raise ValueError("return_logits=True needs average='logits'")
+    if window_batch < 1:
+        raise ValueError(f"window_batch must be >= 1, got {window_batch}")
+    probabilities = average == "probabilities"
+    predict = flip_tta(net_fn, tta_axes, probabilities, autocast_dtype)
+    plan = plan_windows(image.shape[1:], patch, step, box, region, region_margin)
+    device = torch.device(device) if device is not None else image.device
+    accum_device = torch.device(accum_device) if accum_device is not None else device
+    if accum_device == device:
+        # Image, network and accumulator on one device: no host round trip per window (on CUDA
+        # the loop then queues work asynchronously and only the end synchronises).
+        image = image.to(device)
+    padded, _ = pad_to_patch(image, plan.patch)  # nnU-Net pads with 0 whatever the background
+    out = predict_tiles(predict, padded, plan, num_classes, probabilities, window_batch, device, accum_device)
+    with torch.no_grad():
         if probabilities or not return_logits:
             if not probabilities:
                 _softmax_classes_(out)
             background = (1.0, 0.0)
         else:
             background = (0.0, -_BACKGROUND_LOGIT_GAP)
-        if box_ranges is not None:
-            _fill_outside_box(out, box_ranges, background)
+        if plan.box_ranges is not None:
+            _fill_outside_box(out, plan.box_ranges, background)
     return out
 
 

@@ -13,8 +13,11 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from core.sliding_window import (
+    flip_tta,
     gaussian_importance_map,
     pad_to_patch,
+    plan_windows,
+    predict_tiles,
     sliding_window_predict,
     window_starts,
 )
@@ -122,10 +125,11 @@ class _Counting:
     """Wraps a network and counts the windows (batch entries) it sees."""
 
     def __init__(self, net):
-        self.net, self.seen = net, 0
+        self.net, self.seen, self.calls = net, 0, 0
 
     def __call__(self, x):
         self.seen += x.shape[0]
+        self.calls += 1
         return self.net(x)
 
 
@@ -176,8 +180,16 @@ def test_constant_network_gives_constant_output(gaussian, average):
     def net(x):
         return logits.view(1, 3, 1, 1, 1).expand(x.shape[0], 3, *x.shape[2:]).clone()
 
-    out = sliding_window_predict(net, torch.randn(1, 20, 17, 13), (8, 8, 8), 3,
-                                 gaussian=gaussian, average=average)
+    x = torch.randn(1, 20, 17, 13)
+    if gaussian:
+        out = sliding_window_predict(net, x, (8, 8, 8), 3, average=average)
+    else:  # the parts composed with a plain mean instead of nnU-Net's Gaussian weights
+        plan = plan_windows(x.shape[1:], (8, 8, 8))
+        padded, _ = pad_to_patch(x, (8, 8, 8))
+        out = predict_tiles(flip_tta(net, probabilities=average == "probabilities"), padded, plan, 3,
+                            probabilities=average == "probabilities", gaussian=False)
+        if average == "logits":
+            out = torch.softmax(out, 0)
     expected = torch.softmax(logits, 0).view(3, 1, 1, 1).expand(3, 20, 17, 13)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
 
@@ -219,21 +231,16 @@ def _body_image(bg=0.0):
     return x
 
 
-@pytest.mark.parametrize("bg", [0.0, -1.5])
-@pytest.mark.parametrize("average", ["probabilities", "logits"])
-def test_skip_empty_is_identical_and_runs_fewer_windows(bg, average):
-    net = _conv_net(2, 2)
-    with torch.no_grad():
-        net.bias.copy_(torch.tensor([20.0, -20.0]))  # predicts background on empty input
-    x = _body_image(bg)
-    full, skip = _Counting(net), _Counting(net)
-    a = sliding_window_predict(full, x, (8, 8, 8), 2, average=average)
-    b = sliding_window_predict(skip, x, (8, 8, 8), 2, average=average, skip_empty=True,
-                               background_value=bg)
-    assert torch.equal(a, b)
-    # starts 0, 4, ..., 16 per axis: 125 windows; the body [0, 6)^3 meets starts 0 and 4 per axis
-    assert full.seen == 125
-    assert skip.seen == 2 ** 3 + 1  # plus one pass for the constant background patch
+def test_window_plan_counts_and_region_skips():
+    plan = plan_windows((24, 24, 24), (8, 8, 8))
+    # starts 0, 4, ..., 16 per axis: 125 windows, all run
+    assert plan.starts == [[0, 4, 8, 12, 16]] * 3 and len(plan.windows) == 125 and all(plan.run)
+    region = torch.zeros(24, 24, 24, dtype=torch.bool)
+    region[:6, :6, :6] = True
+    plan = plan_windows((24, 24, 24), (8, 8, 8), region=region, region_margin=0)
+    assert sum(plan.run) == 2 ** 3   # the body [0, 6)^3 meets starts 0 and 4 per axis
+    small = plan_windows((5, 6, 7), (8, 8, 8))
+    assert small.padded_shape == (8, 8, 8) and small.crop == (slice(1, 6), slice(1, 7), slice(0, 7))
 
 
 def test_box_restricts_windows_and_output():
@@ -322,15 +329,14 @@ def test_tta_equals_mean_of_flipped_predictions(tta_axes):
     torch.testing.assert_close(out, torch.softmax(logits, 0), rtol=1e-5, atol=1e-6)
 
 
-def test_progress_and_batching():
-    net = _conv_net(1, 2)
+def test_batching_changes_calls_not_results():
+    net = _Counting(_conv_net(1, 2))
     x = torch.randn(1, 16, 16, 16)
-    calls = []
-    a = sliding_window_predict(net, x, (8, 8, 8), 2, window_batch=4,
-                               progress=lambda d, t: calls.append((d, t)))
+    a = sliding_window_predict(net, x, (8, 8, 8), 2, window_batch=4)
+    calls_batched = net.calls
     b = sliding_window_predict(net, x, (8, 8, 8), 2, window_batch=1)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert calls == [(4, 27), (8, 27), (12, 27), (16, 27), (20, 27), (24, 27), (27, 27)]
+    assert calls_batched == 7 and net.calls - calls_batched == 27   # 27 windows: 4+4+4+4+4+4+3
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -353,13 +359,13 @@ def test_rejects_bad_arguments(kwargs):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_amp_channels_last_matches_cpu():
+def test_cuda_amp_matches_cpu():
     net = _conv_net(2, 3)
     x = torch.randn(2, 40, 36, 20)
     cpu = sliding_window_predict(net, x, (16, 16, 16), 3, tta_axes=(0, 1))
     plain = sliding_window_predict(net, x, (16, 16, 16), 3)
     gpu = sliding_window_predict(net.cuda(), x, (16, 16, 16), 3, tta_axes=(0, 1), device="cuda",
-                                 window_batch=4, autocast_dtype=torch.float16, channels_last=True)
+                                 window_batch=4, autocast_dtype=torch.float16)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-2)
     split = sliding_window_predict(net, x, (16, 16, 16), 3, device="cuda", accum_device="cpu")
     assert split.device.type == "cpu"
