@@ -45,6 +45,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from core import plan as planlib
+
 Tensor = torch.Tensor
 
 
@@ -88,12 +90,15 @@ class AugmentProfile:
     p_gamma: float = 0.3
     gamma: tuple[float, float] = (0.7, 1.5)
 
+    def __post_init__(self):
+        planlib.coerce_fields(self)
+
+    def to_dict(self) -> dict:
+        return planlib.to_dict(self)
+
     @classmethod
     def from_dict(cls, d: dict) -> "AugmentProfile":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"AugmentProfile: unknown keys {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return planlib.from_mapping(cls, d, "AugmentProfile")
 
 
 _NNUNET = AugmentProfile()

@@ -316,12 +316,21 @@ def select(cases: list[Case], centers=None, phases=None, split: str | None = Non
 
 # ----------------------------------------------------------------------------- loading
 
+def reference_phase(case: Case, phases=None) -> int:
+    """The phase whose grid images are loaded on and outputs are written on: the annotated phase
+    (``_0001``, the grid of the expert masks) when present, else the first of ``phases`` (the
+    requested input phases; default all the case has)."""
+    if ANNOTATED_PHASE in case.phase_numbers:
+        return ANNOTATED_PHASE
+    return list(phases)[0] if phases else case.phase_numbers[0]
+
+
 def load_image(case: Case, phases=None, nan_policy: str = "raise"):
-    """``(C, X, Y, Z)`` float32 of the requested phases on the grid of the annotated phase
-    (``_0001`` when present, else the first requested), plus spacing and affine."""
+    """``(C, X, Y, Z)`` float32 of the requested phases on the grid of ``reference_phase``,
+    plus spacing and affine."""
     phases = list(case.phase_numbers) if phases is None else list(phases)
     paths = [case.phase_path(p) for p in phases]
-    ref_phase = ANNOTATED_PHASE if ANNOTATED_PHASE in case.phase_numbers else phases[0]
+    ref_phase = reference_phase(case, phases)
     if ref_phase in phases:
         return io.load_phases(paths, reference=phases.index(ref_phase), nan_policy=nan_policy)
     ref_img = io.load_header(case.phase_path(ref_phase))

@@ -309,8 +309,7 @@ def preprocess(case: mamamia.Case, plan, with_mask: bool = True, nan_policy: str
     img, m, box, cshape = preprocess_arrays(image, spacing, plan.target_spacing, plan.normalisation,
                                             mask, plan.clahe, plan.use_nonzero_mask,
                                             plan.separate_z_resampling, plan.resampling)
-    ref = case.phase_path(mamamia.ANNOTATED_PHASE) if mamamia.ANNOTATED_PHASE in case.phase_numbers \
-        else case.phase_paths[0]
+    ref = case.phase_path(mamamia.reference_phase(case, plan.channels))
     meta = CaseMeta(patient_id=case.patient_id, original_shape=tuple(image.shape[1:]),
                     original_spacing=tuple(float(s) for s in spacing),
                     affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine)),

@@ -283,8 +283,7 @@ def seg_plots(recs, cases, files, folder: Path, shown, resample: bool) -> list[s
         case = by_id[r["patient_id"]]
         try:
             gt, pred, spacing, affine, _, _ = load_pair(case, files.get(case.patient_id.upper()), resample)
-            phase = 1 if 1 in case.phase_numbers else case.phase_numbers[0]  # first post-contrast
-            img = io.load_nifti(case.phase_path(phase))
+            img = io.load_nifti(case.phase_path(mamamia.reference_phase(case)))
             arr = img.array if io.same_grid(img.affine, img.shape, affine, gt.shape) else \
                 io.resample_to_grid(img.array, img.affine, affine, gt.shape, order=1)
             made.append(plots.overlay(arr, gt, pred, spacing, folder / f"overlay_{label}.png",

@@ -137,10 +137,9 @@ def postprocess(prob: np.ndarray, case: mamamia.Case, lcc: bool, breast_box: boo
     return mask.astype(np.uint8)
 
 
-def reference_header(case: mamamia.Case):
-    """The header outputs copy: the annotated phase's (the grid of the expert masks)."""
-    return io.load_header(case.phase_path(mamamia.ANNOTATED_PHASE) if mamamia.ANNOTATED_PHASE
-                          in case.phase_numbers else case.phase_paths[0])
+def reference_header(case: mamamia.Case, phases=None):
+    """The header outputs copy: the reference phase's (the grid of the expert masks)."""
+    return io.load_header(case.phase_path(mamamia.reference_phase(case, phases)))
 
 
 class Predictor:
@@ -193,7 +192,7 @@ class Predictor:
         todo = [c for c in cases if c.patient_id not in skip]
 
         def write(case, mask, prob):
-            ref = reference_header(case)
+            ref = reference_header(case, self.plan.channels)
             protected = list(case.phase_paths) + ([case.mask_path] if case.mask_path else [])
             io.save_nifti(seg_dir / f"{case.patient_id}.nii.gz", mask, ref.affine, dtype=np.uint8,
                           reference=ref, overwrite=overwrite, protected=protected)

@@ -216,8 +216,10 @@ def test_mri_profile_runs_and_profiles_validate():
                                      "p_bias": 1.0})
     x, y = apply(image, label, draw_params(3, prof, g, num_channels=3), (12, 12, 12))
     assert x.shape == (3, 3, 12, 12, 12) and torch.isfinite(x).all() and y.shape == (3, 1, 12, 12, 12)
-    with pytest.raises(ValueError, match="unknown keys"):
-        AugmentProfile.from_dict({"p_rotaton": 0.1})
+    with pytest.raises(ValueError, match="unknown key 'p_rotaton'"):
+        AugmentProfile.from_dict({**prof.to_dict(), "p_rotaton": 0.1})
+    with pytest.raises(ValueError, match="missing required key 'p_rotation'"):
+        AugmentProfile.from_dict({k: v for k, v in prof.to_dict().items() if k != "p_rotation"})
     with pytest.raises(ValueError, match="profile"):
         draw_params(2, "nnUNet", g, num_channels=1)
     with pytest.raises(ValueError, match="params drawn"):
