@@ -244,19 +244,28 @@ def unet_activation_elements(spec: ArchSpec, patch_size: Sequence[int], batch_si
     """
     if spec.name != "unet":
         raise ValueError(f"unet_activation_elements cannot estimate an ArchSpec named {spec.name!r}")
+    per_sample = conv_feature_map_elements(patch_size, spec.features, spec.strides, spec.n_conv_per_stage,
+                                           spec.n_conv_per_stage[:-1], num_classes, deep_supervision)
+    return per_sample * int(batch_size)
+
+
+def conv_feature_map_elements(patch_size: Sequence[int], features: Sequence[int], strides,
+                              n_conv_encoder: Sequence[int], n_conv_decoder: Sequence[int],
+                              num_classes: int, deep_supervision: bool = True) -> int:
+    """Per-sample convolution outputs of a U-Net (the one implementation of nnU-Net's
+    ``compute_conv_feature_map_size``; ``nets.unet`` counts with it too). ``strides[s]`` is a
+    3-tuple, ``n_conv_decoder[s]`` the convs of the decoder stage at resolution s < S-1."""
     size = [int(s) for s in patch_size]
-    sizes = []
-    for st in spec.strides:
+    voxels = []
+    for st in strides:
         size = [a // b for a, b in zip(size, st)]
-        sizes.append(int(np.prod(size, dtype=np.int64)))
-    total = 0
-    for s, vox in enumerate(sizes):
-        total += spec.n_conv_per_stage[s] * spec.features[s] * vox
-        if s < len(sizes) - 1:
-            total += (spec.n_conv_per_stage[s] + 1) * spec.features[s] * vox
-            if deep_supervision or s == 0:
-                total += num_classes * vox
-    return int(total) * int(batch_size)
+        voxels.append(int(np.prod(size, dtype=np.int64)))
+    total = sum(n_conv_encoder[s] * features[s] * v for s, v in enumerate(voxels))
+    for s in range(len(voxels) - 1):
+        total += (n_conv_decoder[s] + 1) * features[s] * voxels[s]   # convs + transposed conv output
+        if deep_supervision or s == 0:
+            total += num_classes * voxels[s]
+    return int(total)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from core.planner import conv_feature_map_elements
+
 from nets.blocks import ConvStack, Triple, as_triple, he_init_
 
 
@@ -164,16 +166,7 @@ def unet_activation_elements(patch_size: Sequence[int], *, num_classes: int, fea
     features, _, strides, enc, dec = _topology(features, kernels, strides, n_conv_per_stage,
                                                n_conv_per_stage_decoder)
     size = _check_patch(patch_size, strides)
-    voxels = []
-    for st in strides:
-        size = tuple(p // s for p, s in zip(size, st))
-        voxels.append(math.prod(size))
-    total = sum(enc[s] * features[s] * voxels[s] for s in range(len(features)))
-    for s in range(len(features) - 1):
-        total += (dec[s] + 1) * features[s] * voxels[s]  # convs + transposed conv output
-        if deep_supervision or s == 0:
-            total += num_classes * voxels[s]
-    return int(total) * int(batch_size)
+    return conv_feature_map_elements(size, features, strides, enc, dec, num_classes, deep_supervision) * int(batch_size)
 
 
 def build_unet(in_channels: int, num_classes: int, features: Sequence[int], kernel_sizes, strides,
