@@ -45,7 +45,7 @@ class NetSpec:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(planlib.Settings):
     network: NetSpec
     loss: str = "dice_ce"
     optimizer: str = "sgd"              # core.optim.OPTIMIZERS
@@ -64,10 +64,9 @@ class TrainConfig:
     upkern_from: str | None = None      # the source run of an UpKern stage
     format_version: int = CONFIG_FORMAT_VERSION
 
-    def __post_init__(self):
+    def validate(self):
         from core.losses import LOSSES            # here, not at the top: keeps --help free of torch
         from core.optim import OPTIMIZERS, SCHEDULES
-        planlib.coerce_fields(self)
         if self.format_version != CONFIG_FORMAT_VERSION:
             raise ValueError(f"TrainConfig.format_version {self.format_version} is not supported")
         if self.loss not in LOSSES:
@@ -91,32 +90,15 @@ class TrainConfig:
     def arch(self) -> str:
         return self.network.name
 
-    def to_dict(self) -> dict:
-        return planlib.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "TrainConfig") -> "TrainConfig":
-        return planlib.from_mapping(cls, d, where)
-
     def replace(self, **kw) -> "TrainConfig":
         return replace(self, **kw)
 
 
 @dataclass(frozen=True)
-class DataSelection:
+class DataSelection(planlib.Settings):
     """Which cases a run trains on: the dataset, the selection flags and the resulting ids."""
 
     root: str
     centers: tuple[str, ...] | None
     phases: tuple[int, ...]
     cases: tuple[str, ...] = field(default=())
-
-    def __post_init__(self):
-        planlib.coerce_fields(self)
-
-    def to_dict(self) -> dict:
-        return planlib.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "DataSelection") -> "DataSelection":
-        return planlib.from_mapping(cls, d, where)

@@ -141,6 +141,26 @@ def from_mapping(cls: type, data: Mapping, where: str) -> Any:
 coerce_fields = _coerce_fields
 
 
+class Settings:
+    """Mixin of a frozen settings dataclass: fields normalised from their type hints on
+    construction (lists -> tuples, numpy scalars -> Python), then ``validate``; ``to_dict`` /
+    ``from_dict`` through the strict codec above (unknown and missing keys are errors)."""
+
+    def __post_init__(self) -> None:
+        _coerce_fields(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks beyond the types; subclasses raise ValueError naming the field."""
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str | None = None):
+        return from_mapping(cls, d, where or cls.__name__)
+
+
 def to_dict(obj: Any) -> Any:
     """JSON-ready nested dicts/lists of a settings dataclass (field order kept)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -51,7 +51,7 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class AugmentProfile:
+class AugmentProfile(planlib.Settings):
     """Probabilities (per sample unless named per_channel) and ranges of every transform."""
 
     p_rotation: float = 0.2
@@ -90,15 +90,6 @@ class AugmentProfile:
     p_gamma: float = 0.3
     gamma: tuple[float, float] = (0.7, 1.5)
 
-    def __post_init__(self):
-        planlib.coerce_fields(self)
-
-    def to_dict(self) -> dict:
-        return planlib.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AugmentProfile":
-        return planlib.from_mapping(cls, d, "AugmentProfile")
 
 
 _NNUNET = AugmentProfile()

@@ -37,7 +37,7 @@ MIN_STD = 1e-8
 
 
 @dataclass(frozen=True)
-class CaseMeta:
+class CaseMeta(planlib.Settings):
     """How a preprocessed case relates to its original grid."""
 
     patient_id: str
@@ -51,15 +51,6 @@ class CaseMeta:
     reference_path: str | None = None
     separate_z: bool = True
 
-    def __post_init__(self):
-        planlib.coerce_fields(self)
-
-    def to_dict(self) -> dict:
-        return planlib.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CaseMeta":
-        return planlib.from_mapping(cls, d, "CaseMeta")
 
 
 # ----------------------------------------------------------------------------- crop

@@ -73,7 +73,7 @@ PRE, POST = 0, 1  # phase numbers: pre-contrast and first post-contrast (the ann
 
 
 @dataclass(frozen=True)
-class RadiomicsConfig:
+class RadiomicsConfig(planlib.Settings):
     """Feature settings; defaults are seed B's pyradiomics settings (seed B, MAMA-MIA 2025)."""
 
     bin_width: float = 25.0
@@ -82,8 +82,7 @@ class RadiomicsConfig:
     ring_mm: float = 3.0                 # peritumoral ring width (mm)
     washout_threshold: float = 0.10      # Kuhl et al. 1999: +-10 % late change
 
-    def __post_init__(self):
-        planlib.coerce_fields(self)
+    def validate(self):
         unknown = sorted(set(self.classes) - set(FEATURE_CLASSES))
         if unknown or not self.classes:
             raise ValueError(f"radiomics classes must be a non-empty subset of {FEATURE_CLASSES}; "
@@ -92,13 +91,6 @@ class RadiomicsConfig:
             raise ValueError(f"bin_width and ring_mm must be > 0 and washout_threshold >= 0: {self}")
         if self.resample_mm is not None and self.resample_mm <= 0:
             raise ValueError(f"resample_mm must be positive or None, got {self.resample_mm}")
-
-    def to_dict(self) -> dict:
-        return planlib.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RadiomicsConfig":
-        return planlib.from_mapping(cls, d, "RadiomicsConfig")
 
     def hash(self) -> str:
         return planlib.settings_hash(self)[:12]

@@ -10,14 +10,7 @@ from core.losses import (LOSSES, DeepSupervisionLoss, cross_entropy_loss, deep_s
                          get_loss, soft_dice_loss)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: with 2 threads, OpenMP synchronisation (not arithmetic) dominates, badly so on a
-    # busy machine. Restored afterwards for the other test modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMOOTH = 1e-5

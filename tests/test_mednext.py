@@ -7,16 +7,10 @@ from torch import nn
 
 from nets.blocks import GRN, MedNeXtBlock
 from nets.mednext import SIZES, build_mednext
+from conftest import hooked_conv_elements
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: with 2 threads, OpenMP synchronisation (not arithmetic) dominates, badly so on a
-    # busy machine. Restored afterwards for the other test modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Published (MedNeXt, Roy et al. MICCAI 2023, Table 1), 1 input channel, 14 classes, deep
 # supervision on, in millions.
@@ -167,17 +161,6 @@ def test_grn_formula_and_zero_init():
     x = torch.randn(1, 2, 32, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(with_grn(x), plain(x))
-
-
-def hooked_conv_elements(net, x):
-    count = [0]
-    handles = [m.register_forward_hook(lambda _m, _i, out: count.__setitem__(0, count[0] + out.numel()))
-               for m in net.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
-    with torch.no_grad():
-        net(x)
-    for h in handles:
-        h.remove()
-    return count[0]
 
 
 @pytest.mark.parametrize("ds", [True, False])

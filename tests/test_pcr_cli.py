@@ -16,6 +16,7 @@ from core.errors import UserError
 from engine.pcr_predict import find_pcr_model, predict_pcr
 from engine.predictor import input_cases
 import train
+from conftest import write_case
 
 REPO = Path(__file__).resolve().parent.parent
 TIMES = [0, 150, 270, 390]
@@ -35,20 +36,10 @@ def write_dce_dataset(root: Path, n: int = 15, n_test: int = 3, shape=(20, 20, 1
         c = [s / 2 + rng.uniform(-1, 1) for s in shape]
         blob = sum(((g[a] - c[a]) * spacing[a] / spacing[0]) ** 2 for a in range(3)) <= r ** 2
         curve = [0, 1.0, 0.8, 0.65] if pcr else [0, 0.6, 0.8, 0.95]
-        folder = root / "images" / pid
-        folder.mkdir(parents=True)
-        for k, e in enumerate(curve):
-            img = 300 + rng.normal(0, 8, shape) + blob * 500 * e
-            nib.save(nib.Nifti1Image(img.astype(np.int16), aff), str(folder / f"{pid.lower()}_{k:04d}.nii.gz"))
-        seg = root / "segmentations" / "expert"
-        seg.mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(blob.astype(np.uint8), aff), str(seg / f"{pid.lower()}.nii.gz"))
-        info = root / "patient_info_files"
-        info.mkdir(exist_ok=True)
-        (info / f"{pid.lower()}.json").write_text(json.dumps({
+        write_case(root, pid, [300 + rng.normal(0, 8, shape) + blob * 500 * e for e in curve], blob, aff, {
             "patient_id": pid, "clinical_data": {"age": 35 + 2 * i, "menopausal_status": "pre" if i < 8 else "post"},
             "primary_lesion": {"pcr": pcr, "tumor_subtype": "her2_enriched" if pcr else "luminal"},
-            "imaging_data": {"dataset": "DUKE", "acquisition_times": TIMES}}))
+            "imaging_data": {"dataset": "DUKE", "acquisition_times": TIMES}})
     train_ids, test_ids = ids[:-n_test], ids[-n_test:]
     rows = [f"{train_ids[k] if k < len(train_ids) else ''},{test_ids[k] if k < len(test_ids) else ''}"
             for k in range(len(train_ids))]

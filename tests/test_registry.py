@@ -6,14 +6,7 @@ import torch
 from nets import REGISTRY, activation_elements, build_network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: with 2 threads, OpenMP synchronisation (not arithmetic) dominates, badly so on a
-    # busy machine. Restored afterwards for the other test modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Tiny configuration per registry entry, 2 input channels, 3 classes, and an input it accepts.
 TINY = {

@@ -7,16 +7,10 @@ import torch
 from torch import nn
 
 from nets.unet import build_unet, unet_activation_elements
+from conftest import hooked_conv_elements
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: with 2 threads, OpenMP synchronisation (not arithmetic) dominates, badly so on a
-    # busy machine. Restored afterwards for the other test modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FEATURES = (32, 64, 128, 256, 320, 320)  # nnU-Net 3d_fullres default widths (32 * 2^i, capped at 320)
 ISO_STRIDES = (1, 2, 2, 2, 2, 2)
@@ -138,21 +132,6 @@ def test_layer_settings_follow_nnunet():
     assert strided == [(1, 2, 2), (2, 2, 2)]
     assert [u.kernel_size for u in net.up] == [(1, 2, 2), (2, 2, 2)]
     assert all(b.abs().max() == 0 for m in convs for b in [m.bias])  # He init: zero bias
-
-
-def hooked_conv_elements(net, x):
-    count = [0]
-
-    def hook(_module, _inp, out):
-        count[0] += out.numel()
-
-    handles = [m.register_forward_hook(hook) for m in net.modules()
-               if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
-    with torch.no_grad():
-        net(x)
-    for h in handles:
-        h.remove()
-    return count[0]
 
 
 @pytest.mark.parametrize("ds", [True, False])

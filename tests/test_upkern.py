@@ -8,14 +8,7 @@ from nets.unet import build_unet
 from nets.upkern import resize_kernel, upkern_load
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: with 2 threads, OpenMP synchronisation (not arithmetic) dominates, badly so on a
-    # busy machine. Restored afterwards for the other test modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_mednext(kernel, **kw):
