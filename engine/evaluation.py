@@ -30,7 +30,6 @@ from core import fairness as fair
 from core.errors import UserError
 from core.metrics import HD_MAX, case_metrics
 from data import io, mamamia, plots
-from engine.runs import predictions_root
 
 log = logging.getLogger(__name__)
 

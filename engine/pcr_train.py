@@ -24,7 +24,7 @@ import numpy as np
 from core.errors import UserError
 from core.folds import kfold_splits
 from engine.runs import RunDir, cache_root, dataset_root, predictions_root
-from engine.setup import N_FOLDS, SPLIT_SEED, parse_folds
+from engine.flags import N_FOLDS, SPLIT_SEED, parse_folds
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ A run folder::
                 fingerprint.json   the dataset fingerprint the plan came from (first stage only)
                 data.json          the data selection (core.config.DataSelection)
                 splits.json        the cross-validation folds: [{"train": [...], "val": [...]}, ...]
+                request.json       the train.py flags that made the run, defaults filled in
                 fold_<k>/checkpoint_{latest,best,final}.pt, log.csv, validation.json
                 pcr_model.pt, report.json, oof_predictions.csv   (pCR runs)
 """
@@ -104,6 +105,7 @@ class RunDir:
     fingerprint_path = property(lambda self: self.path / "fingerprint.json")
     data_path = property(lambda self: self.path / "data.json")
     splits_path = property(lambda self: self.path / "splits.json")
+    request_path = property(lambda self: self.path / "request.json")
     pcr_model_path = property(lambda self: self.path / "pcr_model.pt")
     report_path = property(lambda self: self.path / "report.json")
     oof_path = property(lambda self: self.path / "oof_predictions.csv")

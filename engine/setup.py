@@ -27,61 +27,11 @@ from pathlib import Path
 from core import plan as planlib
 from core.config import DataSelection, NetSpec, TrainConfig
 from core.errors import UserError
+from engine.flags import (DESCRIPTION, FOLD_FLAGS, N_FOLDS, PLAN_FLAGS, SPLIT_SEED, TrainRequest,  # noqa: F401
+                          check_flags, effective, given, parse_folds)
 from engine.runs import RunDir, dataset_root
 
 log = logging.getLogger(__name__)
-
-# flags that describe the run (stored in request.json, compared on --resume)
-DESCRIPTION = ("data", "centers", "phases", "arch", "size", "kernel", "loss", "optimizer", "lr",
-               "schedule", "epochs", "iters", "val_iters", "batch_size", "augment", "seed", "budget",
-               "spacing", "resampling", "normalisation", "clahe", "set", "grad_checkpoint", "amp")
-FOLD_FLAGS = ("data", "centers")                    # change the cases, hence the folds
-PLAN_FLAGS = ("phases", "budget", "spacing", "resampling", "normalisation", "clahe")  # fixed by the weights
-RESAMPLINGS = planlib.RESAMPLING
-NORMALISATIONS = planlib.NORMALISATIONS
-N_FOLDS = 5
-SPLIT_SEED = 12345  # nnU-Net v2's KFold random_state (nnunetv2/utilities/crossval_split.py)
-
-
-@dataclass
-class TrainRequest:
-    """``train.py`` flags; ``None`` means "not given" (a default, or inherited)."""
-
-    arch: str | None = None
-    size: str | None = None
-    kernel: int | None = None
-    loss: str | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    schedule: str | None = None
-    epochs: int | None = None
-    iters: int | None = None
-    val_iters: int | None = None
-    batch_size: int | None = None
-    augment: str | None = None
-    seed: int | None = None
-    data: str | None = None
-    centers: str | None = None
-    phases: str | None = None
-    budget: str | None = None
-    spacing: str | None = None
-    resampling: str | None = None
-    normalisation: str | None = None
-    clahe: bool | None = None
-    set: list[str] | None = None
-    grad_checkpoint: bool | None = None
-    amp: bool | None = None
-    fold: str | None = None
-    run: str | None = None
-    runs_dir: str | None = None
-    upkern_from: str | None = None
-    new_splits: bool = False
-    resume: bool = False
-    stop_after: int | None = None
-    workers: int = 2
-    device: str | None = None
-    cache_dir: str | None = None
-
 
 @dataclass
 class Prepared:
@@ -98,155 +48,6 @@ class Prepared:
     source: RunDir | None = None         # the UpKern source
     cases: list = field(default_factory=list)
     fingerprint: object = None
-
-
-# ----------------------------------------------------------------------------- flag checks
-
-def parse_folds(text: str | None, n_folds: int = N_FOLDS) -> tuple[int, ...]:
-    if text is None:
-        return (0,)
-    if text == "all":
-        return tuple(range(n_folds))
-    try:
-        folds = tuple(int(p) for p in str(text).split(",") if p.strip())
-    except ValueError:
-        folds = ()
-    if not folds or any(not 0 <= f < n_folds for f in folds):
-        raise UserError(f"--fold {text!r}: expected 0-{n_folds - 1}, a list like 0,2, or 'all'")
-    return folds
-
-
-def parse_phases(text) -> list[int]:
-    try:
-        out = []
-        for part in str(text).split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        out = []
-    if not out or min(out) < 0 or len(set(out)) != len(out):
-        raise UserError(f"--phases {text!r}: expected distinct phase numbers like 0-2 or 0,1,2")
-    return out
-
-
-def parse_spacing(text: str | None):
-    """None (the budget's default), 'auto' or three positive numbers."""
-    if text is None or text == "auto":
-        return text
-    try:
-        spacing = [float(s) for s in str(text).split(",")]
-    except ValueError:
-        raise UserError(f"--spacing {text!r}: expected 'auto' or three numbers like 1,1,1") from None
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise UserError(f"--spacing {text!r}: expected three positive numbers like 1,1,1")
-    return spacing
-
-
-def _check_overrides(items) -> list[str]:
-    names = {f.name for f in dataclasses.fields(planlib.Plan)}
-    out = []
-    for item in items or []:
-        key, sep, _ = str(item).partition("=")
-        if not sep or key.split(".")[0].strip() not in names:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(names)} "
-                            "(or archs.<network>.<field>)")
-        out.append(str(item))
-    return out
-
-
-def check_flags(req: TrainRequest) -> None:
-    """The checks that need no torch (so a wrong flag fails at once), in the order of --help."""
-    import nets
-    arch = req.arch or "unet"
-    if arch not in nets.REGISTRY:
-        raise UserError(f"--arch {arch!r}: choose from {nets.names()}")
-    entry = nets.entry(arch)
-    for flag in ("size", "kernel"):
-        if getattr(req, flag) is not None and flag not in entry.plan_keys:
-            raise UserError(f"--{flag} does not apply to --arch {arch}")
-    if req.kernel is not None and (req.kernel < 3 or req.kernel % 2 == 0):
-        raise UserError(f"--kernel {req.kernel}: expected an odd size >= 3 (3, 5, 7, ...)")
-    if req.size is not None and req.size not in planlib.MEDNEXT_SIZES:
-        raise UserError(f"--size {req.size!r}: choose from {list(planlib.MEDNEXT_SIZES)}")
-    if req.grad_checkpoint and "grad_checkpoint" not in dict(entry.options):
-        raise UserError(f"--grad-checkpoint does not apply to --arch {arch}")
-    for flag, lo in (("epochs", 1), ("iters", 1), ("val_iters", 0), ("batch_size", 1), ("stop_after", 1)):
-        v = getattr(req, flag)
-        if v is not None and v < lo:
-            raise UserError(f"--{flag.replace('_', '-')} {v}: must be >= {lo}")
-    if req.lr is not None and not req.lr > 0:
-        raise UserError(f"--lr {req.lr}: must be > 0")
-    if req.workers < 0:
-        raise UserError(f"--workers {req.workers}: must be >= 0")
-    if req.resampling is not None and req.resampling not in RESAMPLINGS:
-        raise UserError(f"--resampling {req.resampling!r}: choose from {list(RESAMPLINGS)}")
-    if req.normalisation is not None and req.normalisation not in NORMALISATIONS:
-        raise UserError(f"--normalisation {req.normalisation!r}: choose from {list(NORMALISATIONS)}")
-    if req.budget is not None:
-        from core.planner import parse_budget
-        try:
-            parse_budget(req.budget)
-        except ValueError as exc:
-            raise UserError(f"--budget: {exc}") from None
-    parse_folds(req.fold)
-    parse_spacing(req.spacing)
-    if req.phases is not None:
-        parse_phases(req.phases)
-    _check_overrides(req.set)
-    if req.data and not Path(req.data).is_dir():
-        raise UserError(f"--data {req.data}: folder not found")
-
-
-def effective(req: TrainRequest, device_type: str) -> dict:
-    """Every description flag with its default filled in, in comparable form; raises UserError
-    for any invalid value (before anything is read or written)."""
-    from core.losses import LOSSES
-    from core.optim import OPTIMIZERS, SCHEDULES
-    from data import augment
-    import nets
-
-    check_flags(req)
-    arch = req.arch or "unet"
-    entry = nets.entry(arch)
-    loss = req.loss or "dice_ce"
-    if loss not in LOSSES:
-        raise UserError(f"--loss {loss!r}: choose from {sorted(LOSSES)}")
-    optimizer = req.optimizer or entry.default_optimizer
-    if optimizer not in OPTIMIZERS:
-        raise UserError(f"--optimizer {optimizer!r}: choose from {sorted(OPTIMIZERS)}")
-    schedule = req.schedule or "poly"
-    if schedule not in SCHEDULES:
-        raise UserError(f"--schedule {schedule!r}: choose from {sorted(SCHEDULES)}")
-    augment_name = req.augment or "nnunet"
-    if augment_name not in augment.PROFILES:
-        raise UserError(f"--augment {augment_name!r}: choose from {sorted(augment.PROFILES)}")
-    budget = (req.budget or ("8GB" if device_type == "cuda" else "cpu")).strip()
-    gpu = device_type == "cuda"
-    # nnU-Net's 1000 x 250 (50 validation batches) on a GPU; a schedule that ends in minutes on a CPU
-    centers = sorted({c.strip().upper() for c in req.centers.split(",") if c.strip()}) if req.centers else None
-    return {
-        "data": str(Path(req.data).resolve()) if req.data else None,
-        "centers": centers,
-        "phases": parse_phases(req.phases if req.phases is not None else "0,1,2"),
-        "arch": arch, "size": req.size, "kernel": req.kernel, "loss": loss, "optimizer": optimizer,
-        "lr": req.lr, "schedule": schedule,
-        "epochs": req.epochs or (1000 if gpu else 20), "iters": req.iters or (250 if gpu else 25),
-        "val_iters": req.val_iters if req.val_iters is not None else (50 if gpu else 4),
-        "batch_size": req.batch_size, "augment": augment_name, "seed": req.seed if req.seed is not None else 0,
-        "budget": budget.lower(), "spacing": parse_spacing(req.spacing),
-        "resampling": req.resampling or "cubic", "normalisation": req.normalisation or "zscore",
-        "clahe": bool(req.clahe), "set": _check_overrides(req.set),
-        "grad_checkpoint": bool(req.grad_checkpoint), "amp": req.amp if req.amp is not None else True,
-    }
-
-
-def given(req: TrainRequest) -> set[str]:
-    """The description flags the user set explicitly."""
-    return {k for k in DESCRIPTION if getattr(req, k) not in (None, [], ())}
 
 
 def default_run_name(eff: dict, kernel: int | None) -> str:
@@ -283,7 +84,7 @@ def network_for(plan: planlib.Plan, eff: dict) -> tuple[planlib.Plan, NetSpec]:
 
 
 def _stored_request(run: RunDir) -> dict | None:
-    p = run.path / "request.json"
+    p = run.request_path
     if not p.is_file():
         return None
     try:
@@ -497,4 +298,4 @@ def complete(prep: Prepared, root: Path, cases, plan=None, fingerprint=None) -> 
 def create(prep: Prepared) -> None:
     """Write the run folder's description (a new run or an UpKern target)."""
     prep.run.save_description(prep.config, prep.plan, prep.data, prep.splits, prep.fingerprint)
-    prep.run.write_json(prep.run.path / "request.json", {**prep.request, "data": prep.data.root})
+    prep.run.write_json(prep.run.request_path, {**prep.request, "data": prep.data.root})
