@@ -70,9 +70,10 @@ def parse_features(text: str) -> tuple[int, ...]:
 
 def build_model(features):
     import nets
-    return nets.build_network("unet", in_channels=len(CHANNELS), num_classes=2, features=features,
+    from core.config import NetSpec
+    return nets.build(NetSpec("unet", dict(in_channels=len(CHANNELS), num_classes=2, features=features,
                               kernel_sizes=3, strides=(1,) + (2,) * (len(features) - 1), n_conv_per_stage=2,
-                              deep_supervision=True)
+                              deep_supervision=True)))
 
 
 def select_cases(root: Path, ids: str | None):

@@ -3,7 +3,7 @@
 Two comparisons, same process, same thread count, fp32 on CPU, runs interleaved (A B A B ...),
 medians reported:
 
-* ``unet``: ``nets.build_network('unet')`` vs nnU-Net v2's ``PlainConvUNet``
+* ``unet``: ``nets.build(NetSpec('unet', ...))`` vs nnU-Net v2's ``PlainConvUNet``
   (dynamic-network-architectures) at the same topology (features 16-128, 4 stages, kernel 3,
   2 convs per stage, 3 input channels, 2 classes, patch 64^3, batch 2). Each side uses its own
   stack as a user would: ours ``DeepSupervisionLoss(get_loss('dice_ce'))`` + ``make_optimizer('sgd')``;
@@ -12,7 +12,7 @@ medians reported:
   downsampled beforehand (nnU-Net does that in the data loader, so it is not timed; ours
   downsamples inside the loss, which is timed). Both clip the gradient norm at 12 (nnU-Net's
   ``train_step``).
-* ``mednext``: ``nets.build_network('mednext', size='S')`` vs ``monai.networks.nets.MedNeXt``
+* ``mednext``: ``nets.build(NetSpec('mednext', ...))`` (size S) vs ``monai.networks.nets.MedNeXt``
   (S: ratio 2, 2 blocks everywhere, residual connections) at the same width and kernel
   (default 16 channels, kernel 3, 64^3, batch 2), AdamW (lr 1e-3, eps 1e-4, wd 3e-5) on both;
   MONAI uses its ``DeepSupervisionLoss(DiceCELoss)`` with our head weights.
@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import nets  # noqa: E402
+from core.config import NetSpec  # noqa: E402
 from core.losses import DeepSupervisionLoss, deep_supervision_weights, get_loss  # noqa: E402
 from core.optim import GRAD_CLIP, make_optimizer  # noqa: E402
 
@@ -169,8 +170,8 @@ def bench_unet(args) -> dict:
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     torch.manual_seed(0)
-    ours = nets.build_network("unet", in_channels=IN_CHANNELS, num_classes=NUM_CLASSES, features=FEATURES,
-                              kernel_sizes=3, strides=STRIDES, n_conv_per_stage=2, deep_supervision=True)
+    ours = nets.build(NetSpec("unet", dict(in_channels=IN_CHANNELS, num_classes=NUM_CLASSES, features=FEATURES,
+                              kernel_sizes=3, strides=STRIDES, n_conv_per_stage=2, deep_supervision=True)))
     # the kwargs nnU-Net v2 writes into plans.json for a 3d_fullres PlainConvUNet
     peer = PlainConvUNet(IN_CHANNELS, len(FEATURES), list(FEATURES), torch.nn.Conv3d, 3, list(STRIDES), 2,
                          NUM_CLASSES, 2, conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
@@ -261,8 +262,8 @@ def bench_mednext(args) -> dict:
 
     torch.manual_seed(0)
     c0, k, size_name = args.mednext_channels, args.kernel, args.size
-    ours = nets.build_network("mednext", size=size_name, kernel=k, in_channels=IN_CHANNELS,
-                              num_classes=NUM_CLASSES, deep_supervision=True, base_channels=c0)
+    ours = nets.build(NetSpec("mednext", dict(size=size_name, kernel=k, in_channels=IN_CHANNELS,
+                              num_classes=NUM_CLASSES, deep_supervision=True, base_channels=c0)))
     # MONAI's create_mednext(size) settings (same ratios and block counts as ours), at our width
     ratios, blocks = SIZES[size_name]
     peer = MedNeXt(spatial_dims=3, init_filters=c0, in_channels=IN_CHANNELS, out_channels=NUM_CLASSES,
