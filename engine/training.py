@@ -203,8 +203,8 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
                     raise FloatingPointError(
                         f"fold {fold}: non-finite loss ({loss.item()}) at epoch {epoch} iteration {it}; "
                         f"training stopped. The last trusted state is "
-                        f"{latest if latest.exists() else 'none'} (after epoch {start_epoch if not history else history[-1]['epoch'] + 1}); "
-                        "resume from it with a lower --lr or another --seed.")
+                        f"{latest if latest.exists() else 'none'} ({epoch} epoch(s) done); continue with "
+                        "--resume, or start a new run with a lower --lr.")
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
@@ -222,22 +222,31 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
             # online validation: pseudo-Dice over sampled patches, moving average (nnU-Net: 0.9/0.1)
             model.eval()
             tp = fp = fn = 0
+            finite = True
             with torch.no_grad():
                 for it in range(cfg.val_iters):
-                    x, y = val_batch(epoch, it)
+                    xv, y = val_batch(epoch, it)
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        out = model(x.to(device))
+                        out = model(xv.to(device))
+                    finite = finite and bool(torch.isfinite(out).all())
                     a, b_, c_ = pseudo_dice(out.float(), y.to(device))
                     tp, fp, fn = tp + a, fp + b_, fn + c_
+                if not cfg.val_iters:   # still check that the new weights give finite outputs
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        finite = bool(torch.isfinite(model(x)).all())
             dice = 2 * tp / max(2 * tp + fp + fn, 1) if cfg.val_iters else float("nan")
             ema = dice if ema is None else 0.9 * ema + 0.1 * dice
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "pseudo_dice": dice, "ema": ema,
                             "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0,
                             "data_wait": float(np.sum(waits))})
-            if not _finite_weights(model):
+            # weights can blow up (say to 1e29) while the epoch's losses stay finite; such a state
+            # is never saved, so the named checkpoint is one that resumes
+            if not finite or not _finite_weights(model):
                 raise FloatingPointError(
-                    f"fold {fold}: non-finite weights after epoch {epoch}; training stopped. The last "
-                    f"trusted state is {latest if latest.exists() else 'none'}.")
+                    f"fold {fold}: the weights after epoch {epoch} give non-finite outputs; training stopped "
+                    f"and that state was not saved. The last trusted state is "
+                    f"{latest if latest.exists() else 'none'} ({epoch} epoch(s) done); continue with "
+                    "--resume, or start a new run with a lower --lr.")
             if dist.rank == 0:
                 improved = ema > best
                 best = max(best, ema)

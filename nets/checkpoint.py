@@ -14,6 +14,7 @@ from torch import nn
 from core import plan as planlib
 from core.atomic import atomic_write
 from core.config import CONFIG_FORMAT_VERSION, TrainConfig
+from core.errors import UserError
 from nets import build, entry, network_spec
 
 
@@ -30,12 +31,12 @@ def read(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: refused: the file holds Python objects other than tensors and plain "
+        raise UserError(f"{path}: refused: the file holds Python objects other than tensors and plain "
                          f"data, which are never loaded ({str(exc).splitlines()[0]})") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable checkpoint: {exc}") from exc
+        raise UserError(f"{path}: unreadable checkpoint: {exc}") from exc
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a checkpoint (expected a dict, got {type(state).__name__})")
+        raise UserError(f"{path}: not a checkpoint (expected a dict, got {type(state).__name__})")
     return state
 
 
@@ -74,12 +75,12 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     state = read(path, map_location)
     missing = [k for k in ("model", "plan", "config") if k not in state]
     if missing:
-        raise ValueError(f"{path}: not a training checkpoint (missing {missing})")
+        raise UserError(f"{path}: not a training checkpoint (missing {missing})")
     try:
         state["plan"] = planlib.from_mapping(planlib.Plan, state["plan"], "plan")
         state["config"] = config_from_dict(state["config"], state["plan"], state.get("net_kwargs"), "config")
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise UserError(f"{path}: {exc}") from exc
     return state
 
 

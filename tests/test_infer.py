@@ -198,6 +198,34 @@ def test_rerun_completes_an_interrupted_prediction_and_refuses_other_models(trai
     assert man["files"]["DUKE_001"]["models"][0]["path"].endswith("checkpoint_final.pt")
 
 
+def test_write_failures_are_reported_with_path_and_errno(trained, capsys, monkeypatch):
+    """A full disk while writing one mask and then the manifest: the per-case errors are still
+    reported, with the path and errno; no partial or temporary file is left."""
+    import errno
+
+    import core.atomic as atomic
+    tmp, ds = trained
+    out = tmp / "pred_full"
+    real = atomic.os.replace
+
+    def full(src, dst):
+        if str(dst).endswith(("DUKE_002.nii.gz", "predictions_manifest.json")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    code = infer.main(["--runs", "r1", "--runs-dir", str(tmp / "runs"), "--data", str(ds), "--split", "all",
+                       "--output", str(out), "--no-tta", "-q"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "DUKE_002" in printed and "No space left on device" in printed
+    assert "predictions_manifest.json" in printed
+    seg = out / "pred_segmentations"
+    assert not (seg / "DUKE_002.nii.gz").exists() and len(list(seg.glob("*.nii.gz"))) == 5
+    assert not [p for p in out.rglob(".*") if ".tmp" in p.name] and not (out / "predictions_manifest.json").exists()
+    assert not (out / ".lock").exists()
+
+
 def test_one_writer_per_output_folder(tmp_path):
     import os
     import subprocess

@@ -82,6 +82,41 @@ def test_nan_loss_stops_with_message(ds, tmp_path, monkeypatch):
     assert not (tmp_path / "runs" / "nan" / "fold_0" / "checkpoint_final.pt").exists()
 
 
+def test_exploding_weights_are_never_saved_and_the_named_state_resumes(ds, tmp_path, monkeypatch):
+    """The last step of epoch 1 scales every weight by 1e29 (finite, as a diverging run does):
+    the losses of that epoch were all finite, but the state is not saved; the message names the
+    checkpoint of epoch 1, and resuming from it completes the run."""
+    real = training.make_optimizer
+    steps = {"n": 0}
+
+    def exploding(name, params, lr=None):
+        opt = real(name, params, lr)
+        step = opt.step
+
+        def wrapped(*a, **k):
+            out = step(*a, **k)
+            steps["n"] += 1
+            if steps["n"] == 4:           # epoch 1, iteration 1 (2 iterations per epoch)
+                with torch.no_grad():
+                    for g in opt.param_groups:
+                        for p in g["params"]:
+                            p.mul_(1e29)
+            return out
+        opt.step = wrapped
+        return opt
+
+    monkeypatch.setattr(training, "make_optimizer", exploding)
+    with pytest.raises(FloatingPointError, match=r"not saved.*checkpoint_latest.pt \(1 epoch"):
+        train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "boom"))
+    fold = tmp_path / "runs" / "boom" / "fold_0"
+    state = ckptlib.load(fold / "checkpoint_latest.pt")
+    assert state["epoch"] == 1
+    assert max(float(v.abs().max()) for v in state["model"].values() if v.is_floating_point()) < 1e6
+    monkeypatch.setattr(training, "make_optimizer", real)
+    assert train.main(_minimal(tmp_path, "--run", "boom", "--resume")) == 0
+    assert ckptlib.load(fold / "checkpoint_final.pt")["epoch"] == 2
+
+
 def _minimal(tmp, *extra):
     """Only the flags that do not describe a run (folders, workers, quiet)."""
     return ["--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"), "--workers", "1", "-q", *extra]
