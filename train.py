@@ -38,7 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--loss", help="dice_ce (default), dice_focal or dice_ce_focal (core/losses.py)")
     g.add_argument("--optimizer", help="sgd or adamw (default: the network's: sgd for unet, adamw for mednext)")
     g.add_argument("--lr", type=float, help="initial learning rate (default: the optimizer's)")
-    g.add_argument("--schedule", help="learning-rate schedule: poly (default)")
+    g.add_argument("--schedule", help="learning-rate schedule: poly (default) or cosine")
+    g.add_argument("--warmup", type=int, help="epochs of linear learning-rate warm-up (default 0)")
+    g.add_argument("--early-stop", type=int, metavar="N",
+                   help="stop when the moving-average validation pseudo-Dice has not improved for N epochs "
+                        "(the best checkpoint is kept; resumable)")
     g.add_argument("--epochs", type=int, help="epochs (default: 1000 on GPU, 20 on CPU)")
     g.add_argument("--iters", type=int, help="iterations per epoch (default 250, CPU: 25)")
     g.add_argument("--val-iters", type=int, help="validation batches per epoch (default 50, CPU: 4)")
@@ -51,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     d = p.add_argument_group("data and plan")
     d.add_argument("--data", help="MAMA-MIA root folder (default: the phantom dataset, generated once)")
     d.add_argument("--centers", help="train on these centers only, e.g. DUKE,NACT")
+    d.add_argument("--max-cases", type=int, metavar="N",
+                   help="train on N of the selected cases, drawn reproducibly and stratified by center")
+    d.add_argument("--sample-seed", type=int, help="seed of the --max-cases draw (default 0)")
     d.add_argument("--phases", help="phases as input channels, e.g. 0-2 (default 0,1,2); "
                    "cases with fewer phases are skipped with a warning")
     d.add_argument("--budget", help="planning budget: cpu, 8GB (default on CUDA), 40GB, 80GB, <n>GB")
@@ -62,10 +69,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a plan value, e.g. --set patch_size=128,128,128 (repeatable)")
     r = p.add_argument_group("run")
-    r.add_argument("--fold", help="0-4, a list like 0,2, or 'all' (default 0 for segmentation, all for pCR)")
+    r.add_argument("--fold", help="0-4, a list like 0,2, 'all' (the five folds) or 'full' (every case, no "
+                   "validation) (default 0 for segmentation, all for pCR)")
     r.add_argument("--run", help="run name (default: derived from arch, kernel and loss)")
     r.add_argument("--runs-dir", help="folder of runs (default ./runs or $MAMAMIA_RUNS)")
     r.add_argument("--upkern-from", metavar="RUN", help="initialise from RUN's final checkpoint of the same fold (UpKern)")
+    r.add_argument("--upkern-fold", metavar="best|K",
+                   help="with --upkern-from: initialise every target fold from the source's fold K, or from "
+                        "its fold with the best validation Dice (default: the same fold)")
     r.add_argument("--new-splits", action="store_true",
                    help="with --upkern-from: allow a data selection that changes the folds")
     r.add_argument("--resume", action="store_true",
@@ -133,18 +144,25 @@ def train_seg(args) -> int:
     if dist.rank == 0 and not prep.resume:
         setup.create(prep)
     dist.barrier()
+    from engine.runs import fold_name
     print(f"run {prep.run.path}: {prep.config.network.name} {prep.config.network.kwargs.get('size', '')}"
           f"{' k' + str(prep.config.network.kwargs['kernel']) if 'kernel' in prep.config.network.kwargs else ''}"
-          f", {len(cases)} case(s), fold(s) {list(prep.folds)}"
+          f", {len(cases)} case(s), fold(s) {', '.join(fold_name(f) for f in prep.folds)}"
           + (f", initialised from {prep.source.path} (UpKern)" if prep.source and not prep.resume else ""))
 
     def report(fold, res, seconds):
+        name = fold_name(fold)
         if "stopped_at" in res:
-            print(f"fold {fold}: stopped after epoch {res['stopped_at']} (continue with --resume)")
+            print(f"fold {name}: stopped after epoch {res['stopped_at']} (continue with --resume)")
             return
-        print(f"fold {fold}: validation Dice {res['mean_dice']:.4f} "
+        early = f", early stop after {res['epochs']} epochs" if res.get("early_stopped") else ""
+        if "mean_dice" not in res:
+            print(f"fold {name}: trained on every case (no validation){early}, {seconds:.0f} s -> "
+                  f"{prep.run.fold_dir(fold)}")
+            return
+        print(f"fold {name}: validation Dice {res['mean_dice']:.4f} "
               f"(largest component {res.get('mean_dice_lcc', float('nan')):.4f}) "
-              f"({len(res['cases'])} cases), {seconds:.0f} s -> {prep.run.fold_dir(fold)}")
+              f"({len(res['cases'])} cases){early}, {seconds:.0f} s -> {prep.run.fold_dir(fold)}")
 
     train_run(prep, device, dist, progress=not args.quiet, stop_after=args.stop_after, workers=args.workers,
               cache_dir=args.cache_dir, on_fold=report)

@@ -15,6 +15,7 @@ from typing import Any
 from core import plan as planlib
 
 CONFIG_FORMAT_VERSION = 2
+FULL_FOLD = -1   # "train on every selected case, no validation" (nnU-Net's fold 'all')
 
 
 def _json_value(value: Any, where: str) -> Any:
@@ -62,6 +63,9 @@ class TrainConfig(planlib.Settings):
     amp: bool = True                    # used on CUDA only
     workers: int = 2                    # background batch workers
     upkern_from: str | None = None      # the source run of an UpKern stage
+    upkern_fold: int | None = None      # its fold every target fold starts from (None: the same fold)
+    early_stop: int | None = None       # stop after this many epochs without a better moving-average pseudo-Dice
+    warmup_epochs: int = 0              # linear learning-rate warm-up (core.optim.scheduled_lr)
     format_version: int = CONFIG_FORMAT_VERSION
 
     def validate(self):
@@ -83,8 +87,12 @@ class TrainConfig(planlib.Settings):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if any(not 0 <= f < self.n_folds for f in self.folds):
-            raise ValueError(f"folds {self.folds} must lie in 0..{self.n_folds - 1}")
+        if any(not 0 <= f < self.n_folds and f != FULL_FOLD for f in self.folds):
+            raise ValueError(f"folds {self.folds} must lie in 0..{self.n_folds - 1} (or {FULL_FOLD}: all cases)")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ValueError(f"early_stop must be >= 1 epoch, got {self.early_stop}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must lie in [0, epochs), got {self.warmup_epochs}")
 
     @property
     def arch(self) -> str:
@@ -102,3 +110,5 @@ class DataSelection(planlib.Settings):
     centers: tuple[str, ...] | None
     phases: tuple[int, ...]
     cases: tuple[str, ...] = field(default=())
+    max_cases: int | None = None        # a reproducible draw of this many cases, stratified by center
+    sample_seed: int = 0

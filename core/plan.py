@@ -37,7 +37,11 @@ from core.atomic import atomic_write
 PLAN_FORMAT_VERSION = 1
 RESAMPLING = ("cubic", "spline")
 # keys added to a format version after files were written with it: absent -> this default
-ADDED_KEYS: dict[str, dict[str, Any]] = {"Plan": {"resampling": "cubic"}}
+ADDED_KEYS: dict[str, dict[str, Any]] = {
+    "Plan": {"resampling": "cubic"},
+    "TrainConfig": {"upkern_fold": None, "early_stop": None, "warmup_epochs": 0},
+    "DataSelection": {"max_cases": None, "sample_seed": 0},
+}
 
 NORMALISATIONS = ("zscore", "zscore_joint", "none")
 ARCH_NAMES = ("unet", "mednext")

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import plan as planlib
+from core.config import FULL_FOLD
 from core.errors import UserError
 
 # flags that describe the run (stored in request.json, compared on --resume)
-DESCRIPTION = ("data", "centers", "phases", "arch", "size", "kernel", "loss", "optimizer", "lr",
+DESCRIPTION = ("data", "centers", "phases", "max_cases", "sample_seed", "arch", "size", "kernel", "loss",
+               "optimizer", "lr", "warmup", "early_stop",
                "schedule", "epochs", "iters", "val_iters", "batch_size", "augment", "seed", "budget",
                "spacing", "resampling", "normalisation", "clahe", "set", "grad_checkpoint", "amp")
-FOLD_FLAGS = ("data", "centers")                    # change the cases, hence the folds
+FOLD_FLAGS = ("data", "centers", "max_cases", "sample_seed")                    # change the cases, hence the folds
 PLAN_FLAGS = ("phases", "budget", "spacing", "resampling", "normalisation", "clahe")  # fixed by the weights
 RESAMPLINGS = planlib.RESAMPLING
 NORMALISATIONS = planlib.NORMALISATIONS
@@ -54,7 +56,12 @@ class TrainRequest:
     fold: str | None = None
     run: str | None = None
     runs_dir: str | None = None
+    warmup: int | None = None
+    early_stop: int | None = None
+    max_cases: int | None = None
+    sample_seed: int | None = None
     upkern_from: str | None = None
+    upkern_fold: str | None = None
     new_splits: bool = False
     resume: bool = False
     stop_after: int | None = None
@@ -66,16 +73,20 @@ class TrainRequest:
 # ----------------------------------------------------------------------------- flag checks
 
 def parse_folds(text: str | None, n_folds: int = N_FOLDS) -> tuple[int, ...]:
+    """``0``-``4``, a list like ``0,2``, ``all`` (the five folds) or ``full`` (one model on every
+    selected case, no validation: nnU-Net's fold 'all')."""
     if text is None:
         return (0,)
     if text == "all":
         return tuple(range(n_folds))
+    if text == "full":
+        return (FULL_FOLD,)
     try:
         folds = tuple(int(p) for p in str(text).split(",") if p.strip())
     except ValueError:
         folds = ()
     if not folds or any(not 0 <= f < n_folds for f in folds):
-        raise UserError(f"--fold {text!r}: expected 0-{n_folds - 1}, a list like 0,2, or 'all'")
+        raise UserError(f"--fold {text!r}: expected 0-{n_folds - 1}, a list like 0,2, 'all' or 'full'")
     return folds
 
 
@@ -137,7 +148,8 @@ def check_flags(req: TrainRequest) -> None:
         raise UserError(f"--size {req.size!r}: choose from {list(planlib.MEDNEXT_SIZES)}")
     if req.grad_checkpoint and "grad_checkpoint" not in dict(entry.options):
         raise UserError(f"--grad-checkpoint does not apply to --arch {arch}")
-    for flag, lo in (("epochs", 1), ("iters", 1), ("val_iters", 0), ("batch_size", 1), ("stop_after", 1)):
+    for flag, lo in (("epochs", 1), ("iters", 1), ("val_iters", 0), ("batch_size", 1), ("stop_after", 1),
+                     ("warmup", 0), ("early_stop", 1), ("max_cases", N_FOLDS), ("sample_seed", 0)):
         v = getattr(req, flag)
         if v is not None and v < lo:
             raise UserError(f"--{flag.replace('_', '-')} {v}: must be >= {lo}")
@@ -145,6 +157,13 @@ def check_flags(req: TrainRequest) -> None:
         raise UserError(f"--lr {req.lr}: must be > 0")
     if req.workers < 0:
         raise UserError(f"--workers {req.workers}: must be >= 0")
+    if req.upkern_fold is not None:
+        if not req.upkern_from:
+            raise UserError("--upkern-fold needs --upkern-from")
+        if req.upkern_fold != "best" and not (str(req.upkern_fold).isdigit() and int(req.upkern_fold) < N_FOLDS):
+            raise UserError(f"--upkern-fold {req.upkern_fold!r}: expected best or 0-{N_FOLDS - 1}")
+    if req.epochs is not None and req.warmup is not None and req.warmup >= req.epochs:
+        raise UserError(f"--warmup {req.warmup}: must be shorter than --epochs {req.epochs}")
     if req.resampling is not None and req.resampling not in RESAMPLINGS:
         raise UserError(f"--resampling {req.resampling!r}: choose from {list(RESAMPLINGS)}")
     if req.normalisation is not None and req.normalisation not in NORMALISATIONS:
@@ -204,6 +223,8 @@ def effective(req: TrainRequest, device_type: str) -> dict:
         "resampling": req.resampling or "cubic", "normalisation": req.normalisation or "zscore",
         "clahe": bool(req.clahe), "set": _check_overrides(req.set),
         "grad_checkpoint": bool(req.grad_checkpoint), "amp": req.amp if req.amp is not None else True,
+        "warmup": req.warmup or 0, "early_stop": req.early_stop, "max_cases": req.max_cases,
+        "sample_seed": req.sample_seed or 0,
     }
 
 

@@ -73,9 +73,10 @@ def lcc_helps(runs: list[RunDir]) -> bool:
     raw, lcc = [], []
     for run in runs:
         for v in run.validations().values():
-            if "mean_dice_lcc" in v:
-                raw.append(v["mean_dice"])
-                lcc.append(v["mean_dice_lcc"])
+            d, dl = v.get("mean_dice"), v.get("mean_dice_lcc")
+            if isinstance(d, (int, float)) and isinstance(dl, (int, float)) and d == d and dl == dl:
+                raw.append(d)
+                lcc.append(dl)
     return not raw or float(np.mean(lcc)) >= float(np.mean(raw))
 
 

@@ -9,7 +9,8 @@ A run folder::
                 data.json          the data selection (core.config.DataSelection)
                 splits.json        the cross-validation folds: [{"train": [...], "val": [...]}, ...]
                 request.json       the train.py flags that made the run, defaults filled in
-                fold_<k>/checkpoint_{latest,best,final}.pt, log.csv, validation.json
+                fold_<k>/checkpoint_{latest,best,final}.pt, log.csv, validation.json, progress.png
+                fold_full/         the same for a run on every case (--fold full, no validation)
                 pcr_model.pt, report.json, oof_predictions.csv   (pCR runs)
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from core import plan as planlib
 from core.atomic import atomic_write
-from core.config import DataSelection, TrainConfig
+from core.config import FULL_FOLD, DataSelection, TrainConfig
 from core.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,6 +65,11 @@ def dataset_root(path: str | os.PathLike | None) -> Path:
         return phantom.default_dataset()
     except OSError as exc:
         raise UserError(f"no --data given and the default phantom dataset is unavailable ({exc})") from exc
+
+
+def fold_name(fold: int) -> str:
+    """``0``..``4``, or ``full`` for the fold trained on every case."""
+    return "full" if fold == FULL_FOLD else str(int(fold))
 
 
 class RunDir:
@@ -115,7 +121,7 @@ class RunDir:
 
     # folds
     def fold_dir(self, fold: int) -> Path:
-        return self.path / f"fold_{fold}"
+        return self.path / f"fold_{fold_name(fold)}"
 
     def checkpoint(self, fold: int, which: str = "final") -> Path:
         if which not in CHECKPOINTS:
@@ -133,8 +139,8 @@ class RunDir:
         out = []
         for p in self.path.glob("fold_*"):
             suffix = p.name[len("fold_"):]
-            if p.is_dir() and suffix.isdigit():
-                out.append(int(suffix))
+            if p.is_dir() and (suffix.isdigit() or suffix == "full"):
+                out.append(FULL_FOLD if suffix == "full" else int(suffix))
         return sorted(out)
 
     def checkpoints(self, which: str | None = None) -> list[Path]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import plan as planlib
-from core.config import DataSelection, NetSpec, TrainConfig
+from core.config import FULL_FOLD, DataSelection, NetSpec, TrainConfig
 from core.errors import UserError
 from engine.flags import (DESCRIPTION, FOLD_FLAGS, N_FOLDS, PLAN_FLAGS, SPLIT_SEED, TrainRequest,  # noqa: F401
                           check_flags, effective, given, parse_folds)
@@ -61,12 +61,16 @@ def _differences(stored: dict, eff: dict, flags) -> list[str]:
 
 # ----------------------------------------------------------------------------- resolution
 
-def _config(eff: dict, network: NetSpec, folds, upkern_from=None) -> TrainConfig:
-    return TrainConfig(network=network, loss=eff["loss"], optimizer=eff["optimizer"], lr=eff["lr"],
-                       schedule=eff["schedule"], epochs=eff["epochs"], iters_per_epoch=eff["iters"],
-                       val_iters=eff["val_iters"], batch_size=eff["batch_size"], augment=eff["augment"],
-                       seed=eff["seed"], folds=tuple(folds), n_folds=N_FOLDS, amp=eff["amp"],
-                       upkern_from=upkern_from)
+def _config(eff: dict, network: NetSpec, folds, upkern_from=None, upkern_fold=None) -> TrainConfig:
+    try:
+        return TrainConfig(network=network, loss=eff["loss"], optimizer=eff["optimizer"], lr=eff["lr"],
+                           schedule=eff["schedule"], epochs=eff["epochs"], iters_per_epoch=eff["iters"],
+                           val_iters=eff["val_iters"], batch_size=eff["batch_size"], augment=eff["augment"],
+                           seed=eff["seed"], folds=tuple(folds), n_folds=N_FOLDS, amp=eff["amp"],
+                           upkern_from=upkern_from, upkern_fold=upkern_fold, early_stop=eff.get("early_stop"),
+                           warmup_epochs=eff.get("warmup") or 0)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def network_for(plan: planlib.Plan, eff: dict) -> tuple[planlib.Plan, NetSpec]:
@@ -114,7 +118,8 @@ def prepare(req: TrainRequest, device_type: str = "cpu") -> Prepared:
     if run.path.exists() and any(run.path.iterdir()):
         raise UserError(f"{run.path}: exists but holds no run description (config.json); "
                         "remove it or choose another --run")
-    data = DataSelection(root=eff["data"] or "", centers=eff["centers"], phases=eff["phases"])
+    data = DataSelection(root=eff["data"] or "", centers=eff["centers"], phases=eff["phases"],
+                         max_cases=eff["max_cases"], sample_seed=eff["sample_seed"])
     return Prepared(run, config=None, plan=None, data=data, request=eff, folds=folds, splits=None,
                     resume=False)
 
@@ -176,7 +181,9 @@ def _prepare_upkern(req, eff, explicit, folds) -> Prepared:
                  "epochs": src_cfg.epochs, "iters": src_cfg.iters_per_epoch, "val_iters": src_cfg.val_iters,
                  "batch_size": src_cfg.batch_size, "augment": src_cfg.augment, "seed": src_cfg.seed,
                  "amp": src_cfg.amp, "data": src_data.root or None, "centers": src_data.centers and list(src_data.centers),
-                 "phases": list(src_data.phases)}
+                 "phases": list(src_data.phases), "max_cases": src_data.max_cases,
+                 "sample_seed": src_data.sample_seed, "early_stop": src_cfg.early_stop,
+                 "warmup": src_cfg.warmup_epochs}
     changed = {k for k in explicit if k in inherited and inherited[k] != eff[k]}
     fold_changes = sorted(changed & set(FOLD_FLAGS))
     if fold_changes and not req.new_splits:
@@ -193,11 +200,20 @@ def _prepare_upkern(req, eff, explicit, folds) -> Prepared:
                             f"{src_cfg.network.kwargs.get(flag)})")
     merged = {**inherited, **{k: eff[k] for k in explicit}}
     merged.setdefault("size", None)
-    missing = [f for f in folds if not src.checkpoint(f, "final").is_file()]
+    done = [f for f in src.folds() if src.checkpoint(f, "final").is_file()]
+    source_fold = None
+    if req.upkern_fold == "best":
+        source_fold = best_fold(src)
+        log.info("UpKern from %s fold %s, the best by validation Dice", src.name, source_fold)
+    elif req.upkern_fold is not None:
+        source_fold = int(req.upkern_fold)
+    elif FULL_FOLD in folds:
+        raise UserError("--fold full with --upkern-from needs --upkern-fold best or a fold number")
+    missing = sorted({source_fold} if source_fold is not None else set(folds) - set(done))
+    missing = [f for f in missing if f not in done]
     if missing:
         raise UserError(f"--upkern-from {src.name}: fold(s) {missing} missing or unfinished "
-                        f"(no {src.checkpoint(missing[0], 'final')}); trained folds: "
-                        f"{[f for f in src.folds() if src.checkpoint(f, 'final').is_file()]}")
+                        f"(no {src.checkpoint(missing[0], 'final')}); trained folds: {done}")
     plan = src_plan
     if merged.get("set") and "set" in explicit:
         try:
@@ -214,11 +230,44 @@ def _prepare_upkern(req, eff, explicit, folds) -> Prepared:
     arch = dataclasses.replace(plan.archs[network.name], kernel=eff["kernel"])
     plan = dataclasses.replace(plan, archs={network.name: arch})
     merged["kernel"] = eff["kernel"]
-    data = DataSelection(root=merged["data"] or "", centers=merged["centers"], phases=merged["phases"])
+    data = DataSelection(root=merged["data"] or "", centers=merged["centers"], phases=merged["phases"],
+                         max_cases=merged.get("max_cases"), sample_seed=merged.get("sample_seed") or 0)
     config = _config(merged, network, folds, upkern_from=str(src.path) if Path(req.upkern_from).is_dir()
-                     and len(Path(req.upkern_from).parts) > 1 else src.name)
+                     and len(Path(req.upkern_from).parts) > 1 else src.name, upkern_fold=source_fold)
     splits = None if req.new_splits else src_splits
     return Prepared(run, config, plan, data, merged, folds, splits, resume=False, source=src)
+
+
+def best_fold(run: RunDir) -> int:
+    """The finished fold with the highest sliding-window validation Dice (``validation.json``;
+    ties: the lower fold)."""
+    scores = {f: v.get("mean_dice") for f, v in run.validations().items()
+              if f != FULL_FOLD and run.checkpoint(f, "final").is_file()}
+    scores = {f: d for f, d in scores.items() if isinstance(d, (int, float)) and d == d}
+    if not scores:
+        raise UserError(f"{run.path}: no finished fold with a validation Dice to choose the best from")
+    return max(sorted(scores), key=lambda f: scores[f])
+
+
+def draw_cases(cases, n: int, seed: int):
+    """``n`` of ``cases``, drawn reproducibly and stratified by center: each center keeps its share
+    (largest-remainder rounding), cases within a center drawn uniformly with ``seed``."""
+    import numpy as np
+    if n >= len(cases):
+        return list(cases)
+    by_center: dict[str, list] = {}
+    for c in sorted(cases, key=lambda c: c.patient_id):
+        by_center.setdefault(c.center, []).append(c)
+    quota = {k: n * len(v) / len(cases) for k, v in by_center.items()}
+    take = {k: int(q) for k, q in quota.items()}
+    for k in sorted(quota, key=lambda k: (-(quota[k] - take[k]), k))[:n - sum(take.values())]:
+        take[k] += 1
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in sorted(by_center):
+        idx = rng.permutation(len(by_center[k]))[:take[k]]
+        out.extend(by_center[k][i] for i in sorted(idx))
+    return sorted(out, key=lambda c: c.patient_id)
 
 
 # ----------------------------------------------------------------------------- data and plan
@@ -235,6 +284,11 @@ def select_cases(prep: Prepared):
     if without:
         log.warning("%d training case(s) without an expert mask left out: %s", len(without), without[:20])
     cases = [c for c in cases if c.mask_path is not None]
+    if prep.data.max_cases is not None:
+        n_all = len(cases)
+        cases = draw_cases(cases, prep.data.max_cases, prep.data.sample_seed)
+        log.info("--max-cases %d: %d of %d case(s) drawn (seed %d)", prep.data.max_cases, len(cases), n_all,
+                 prep.data.sample_seed)
     if len(cases) < N_FOLDS:
         raise UserError(f"{root}: {len(cases)} training case(s) with expert masks after selection; "
                         f"{N_FOLDS}-fold cross-validation needs at least {N_FOLDS}")

@@ -8,6 +8,7 @@ so ``resume`` is bit-exact with any number of workers.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from core import plan as planlib
-from core.config import TrainConfig
+from core.config import FULL_FOLD, TrainConfig
 from core.losses import DeepSupervisionLoss, get_loss
 from core.metrics import dice as dice_score
 from core.optim import GRAD_CLIP, make_optimizer, scheduled_lr, set_lr
@@ -26,7 +27,7 @@ from core.sliding_window import default_window_batch, sliding_window_predict
 from data import augment, cache
 from data.loader import BatchLoader
 from data.sampler import PatchSampler
-from engine.runs import RunDir
+from engine.runs import RunDir, fold_name
 from nets import build
 from nets import checkpoint as ckptlib
 
@@ -66,8 +67,10 @@ class Distributed:
 
 def seed_of(*parts) -> int:
     """A 63-bit seed from integers (seed, fold, epoch, iteration, rank): batches are a pure
-    function of their position, which makes resuming bit-exact with any number of workers."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+    function of their position, which makes resuming bit-exact with any number of workers.
+    Negative parts (the full-data fold, -1) map to 2**32 + p."""
+    parts = [int(p) if int(p) >= 0 else 2 ** 32 + int(p) for p in parts]
+    return int(np.random.SeedSequence(parts).generate_state(2, np.uint64)[0] >> 1)
 
 
 def amp_settings(cfg: TrainConfig, device: torch.device):
@@ -112,6 +115,14 @@ def write_log(path: Path, history: list[dict]) -> None:
     atomic_write(path, "\n".join(lines) + "\n")
 
 
+def epochs_without_improvement(history: list[dict]) -> int:
+    """Epochs since the best moving-average pseudo-Dice (0 when the last epoch is the best)."""
+    emas = [h["ema"] for h in history if h.get("ema") == h.get("ema")]
+    if not emas:
+        return 0
+    return len(emas) - 1 - max(range(len(emas)), key=lambda i: (emas[i], -i))
+
+
 def _finite_weights(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
 
@@ -132,7 +143,11 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
                            case_ids=[c.patient_id for c in train_cases])
     val_sampler = PatchSampler([c.image for c in val_cases], [c.label for c in val_cases],
                                [c.fg for c in val_cases], patch, batch_size, rotation_margin=False,
-                               seed=cfg.seed, case_ids=[c.patient_id for c in val_cases])
+                               seed=cfg.seed, case_ids=[c.patient_id for c in val_cases]) if val_cases else None
+    val_iters = cfg.val_iters if val_cases else 0   # --fold full: no validation cases
+    name = fold_name(fold)
+    if cfg.early_stop and not val_iters:
+        log.warning("fold %s: early stopping needs validation batches; it is off", name)
     profile = augment.get_profile(cfg.augment)
 
     torch.manual_seed(seed_of(cfg.seed, fold))
@@ -156,7 +171,7 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"], state["history"]
         ema, best = state["ema"], state["best_ema"]
-        log.info("fold %d: resumed after epoch %d", fold, start_epoch)
+        log.info("fold %s: resumed after epoch %d", fold_name(fold), start_epoch)
     elif resume and run.checkpoint(fold, "final").exists():
         start_epoch = cfg.epochs
     elif init is not None:
@@ -182,11 +197,17 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
     bar = None
     if progress and start_epoch < cfg.epochs:
         from tqdm import tqdm
-        bar = tqdm(total=(cfg.epochs - start_epoch) * cfg.iters_per_epoch, desc=f"fold {fold}",
+        bar = tqdm(total=(cfg.epochs - start_epoch) * cfg.iters_per_epoch, desc=f"fold {name}",
                    unit="it", dynamic_ncols=True)
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    stopped_early = None
     try:
         for epoch in range(start_epoch, end_epoch):
+            if val_iters and epochs_without_improvement(history) >= (cfg.early_stop or math.inf):
+                stopped_early = epoch
+                log.info("fold %s: early stop after epoch %d: no better moving-average pseudo-Dice for %d "
+                         "epochs (best checkpoint kept)", name, epoch, cfg.early_stop)
+                break
             t0 = time.time()
             set_lr(optimizer, scheduled_lr(cfg.schedule, lr0, epoch, cfg.epochs))
             ddp_model.train()
@@ -201,7 +222,7 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
                     loss = loss_fn(out, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"fold {fold}: non-finite loss ({loss.item()}) at epoch {epoch} iteration {it}; "
+                        f"fold {name}: non-finite loss ({loss.item()}) at epoch {epoch} iteration {it}; "
                         f"training stopped. The last trusted state is "
                         f"{latest if latest.exists() else 'none'} ({epoch} epoch(s) done); continue with "
                         "--resume, or start a new run with a lower --lr.")
@@ -224,17 +245,17 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
             tp = fp = fn = 0
             finite = True
             with torch.no_grad():
-                for it in range(cfg.val_iters):
+                for it in range(val_iters):
                     xv, y = val_batch(epoch, it)
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                         out = model(xv.to(device))
                     finite = finite and bool(torch.isfinite(out).all())
                     a, b_, c_ = pseudo_dice(out.float(), y.to(device))
                     tp, fp, fn = tp + a, fp + b_, fn + c_
-                if not cfg.val_iters:   # still check that the new weights give finite outputs
+                if not val_iters:   # still check that the new weights give finite outputs
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                         finite = bool(torch.isfinite(model(x)).all())
-            dice = 2 * tp / max(2 * tp + fp + fn, 1) if cfg.val_iters else float("nan")
+            dice = 2 * tp / max(2 * tp + fp + fn, 1) if val_iters else float("nan")
             ema = dice if ema is None else 0.9 * ema + 0.1 * dice
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "pseudo_dice": dice, "ema": ema,
                             "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - t0,
@@ -243,7 +264,7 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
             # is never saved, so the named checkpoint is one that resumes
             if not finite or not _finite_weights(model):
                 raise FloatingPointError(
-                    f"fold {fold}: the weights after epoch {epoch} give non-finite outputs; training stopped "
+                    f"fold {name}: the weights after epoch {epoch} give non-finite outputs; training stopped "
                     f"and that state was not saved. The last trusted state is "
                     f"{latest if latest.exists() else 'none'} ({epoch} epoch(s) done); continue with "
                     "--resume, or start a new run with a lower --lr.")
@@ -258,22 +279,25 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
         loader.close()
         if bar is not None:
             bar.close()
-    if end_epoch < cfg.epochs:
-        log.info("fold %d: stopped after epoch %d of %d (--stop-after); continue with --resume",
-                 fold, end_epoch, cfg.epochs)
+    if end_epoch < cfg.epochs and stopped_early is None:
+        log.info("fold %s: stopped after epoch %d of %d (--stop-after); continue with --resume",
+                 name, end_epoch, cfg.epochs)
         return {"fold": fold, "stopped_at": end_epoch, "mean_dice": float("nan"), "cases": {}}
+    done = len(history) if stopped_early is not None else cfg.epochs
     final = run.checkpoint(fold, "final")
-    if dist.rank == 0 and (start_epoch < cfg.epochs or not final.exists()):
-        ckptlib.save(payload(cfg.epochs), final)
+    if dist.rank == 0 and (start_epoch < done or not final.exists()):
+        ckptlib.save(payload(done), final)
     summary = {}
     if dist.rank == 0:
-        per_case = validate_cases(model, val_cases, plan, device, autocast_dtype)
-        raw = {k: v[0] for k, v in per_case.items()}
-        lcc = {k: v[1] for k, v in per_case.items()}
-        mean = lambda d: float(np.mean(list(d.values()))) if d else float("nan")  # noqa: E731
-        summary = {"fold": fold, "mean_dice": mean(raw), "mean_dice_lcc": mean(lcc),
-                   "cases": raw, "cases_lcc": lcc, "epochs": cfg.epochs,
-                   "final_ema_pseudo_dice": ema, "seconds": float(sum(h["seconds"] for h in history))}
+        summary = {"fold": fold, "epochs": done, "early_stopped": stopped_early is not None,
+                   "final_ema_pseudo_dice": ema, "seconds": float(sum(h["seconds"] for h in history)),
+                   "cases": {}}
+        if val_cases:
+            per_case = validate_cases(model, val_cases, plan, device, autocast_dtype)
+            raw = {k: v[0] for k, v in per_case.items()}
+            lcc = {k: v[1] for k, v in per_case.items()}
+            summary.update(mean_dice=float(np.mean(list(raw.values()))),
+                           mean_dice_lcc=float(np.mean(list(lcc.values()))), cases=raw, cases_lcc=lcc)
         run.write_json(run.validation_path(fold), summary)
     dist.barrier()
     return summary
@@ -296,10 +320,11 @@ def train_run(prep, device: torch.device, dist: Distributed = Distributed(), pro
     for fold in prep.folds:
         init = None
         if prep.source is not None:
-            src = prep.source.checkpoint(fold, "final")
+            src = prep.source.checkpoint(fold if prep.config.upkern_fold is None else prep.config.upkern_fold, "final")
             init = lambda model, src=src: upkern_load(model, ckptlib.read(src)["model"])  # noqa: E731
         t0 = time.time()
-        results[fold] = train_fold(prep.config.replace(workers=workers), prep.plan, folder, prep.splits[fold], fold, prep.run, device,
+        split = ({"train": list(prep.data.cases), "val": []} if fold == FULL_FOLD else prep.splits[fold])
+        results[fold] = train_fold(prep.config.replace(workers=workers), prep.plan, folder, split, fold, prep.run, device,
                                    dist=dist, resume=prep.resume, init=init,
                                    progress=progress and dist.rank == 0, stop_after=stop_after)
         if on_fold is not None and dist.rank == 0:

@@ -272,3 +272,97 @@ def test_ddp_two_processes_gloo(ds, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     state = ckptlib.load(tmp_path / "runs" / "unet_dice_ce" / "fold_0" / "checkpoint_final.pt")
     assert state["epoch"] == 1
+
+
+def test_fold_full_and_upkern_from_the_best_fold(k3_run):
+    tmp = k3_run
+    src = tmp / "runs" / "k3"
+    dice = {f: json.loads((src / f"fold_{f}" / "validation.json").read_text())["mean_dice"] for f in (0, 1)}
+    best = max(sorted(dice), key=lambda f: dice[f])
+    assert train.main(_minimal(tmp, "--arch", "mednext", "--kernel", "5", "--upkern-from", "k3",
+                               "--upkern-fold", "best", "--fold", "full", "--run", "k5full")) == 0
+    dst = tmp / "runs" / "k5full"
+    state = ckptlib.load(dst / "fold_full" / "checkpoint_final.pt")
+    assert state["config"].upkern_fold == best and state["config"].folds == (-1,)
+    data = json.loads((dst / "data.json").read_text())
+    assert sorted(state["split"]["train"]) == sorted(data["cases"]) and state["split"]["val"] == []
+    val = json.loads((dst / "fold_full" / "validation.json").read_text())
+    assert val["cases"] == {} and "mean_dice" not in val
+    # an explicit source fold, and the refusal of a full target without one
+    assert train.main(_minimal(tmp, "--arch", "mednext", "--kernel", "5", "--upkern-from", "k3",
+                               "--fold", "full", "--run", "k5nofold")) == 2
+    assert not (tmp / "runs" / "k5nofold").exists()
+    # inference accepts a full-data run
+    from engine.predictor import load_members
+    from engine.runs import RunDir
+    members = load_members([RunDir(dst)], ensemble=True, which="final", device=torch.device("cpu"))
+    assert [m.name for m in members] == ["k5full/fold_full"]
+
+
+def test_best_fold_picks_the_highest_recorded_dice(tmp_path):
+    from core.errors import UserError
+    from engine.runs import RunDir
+    from engine.setup import best_fold
+    run = tmp_path / "r"
+    for f, d in ((0, 0.61), (1, 0.74), (2, 0.74), (3, float("nan")), (4, 0.9)):
+        (run / f"fold_{f}").mkdir(parents=True)
+        (run / f"fold_{f}" / "validation.json").write_text(json.dumps({"mean_dice": d}))
+        if f != 4:  # fold 4 is unfinished: no final checkpoint
+            (run / f"fold_{f}" / "checkpoint_final.pt").write_bytes(b"")
+    assert best_fold(RunDir(run)) == 1     # 0.74 twice: the lower fold; 0.9 is unfinished
+    with pytest.raises(UserError, match="no finished fold"):
+        best_fold(RunDir(tmp_path / "empty"))
+
+
+def test_max_cases_draws_reproducibly_and_keeps_center_shares():
+    from types import SimpleNamespace
+
+    from engine.setup import draw_cases
+    cases = [SimpleNamespace(patient_id=f"{c}_{i:03d}", center=c)
+             for c, n in (("DUKE", 60), ("ISPY2", 30), ("NACT", 10)) for i in range(n)]
+    a, b = draw_cases(cases, 20, seed=3), draw_cases(cases, 20, seed=3)
+    assert [c.patient_id for c in a] == [c.patient_id for c in b] and len(a) == 20
+    counts = {k: sum(c.center == k for c in a) for k in ("DUKE", "ISPY2", "NACT")}
+    assert counts == {"DUKE": 12, "ISPY2": 6, "NACT": 2}
+    assert [c.patient_id for c in draw_cases(cases, 20, seed=4)] != [c.patient_id for c in a]
+    assert len({c.patient_id for c in a}) == 20
+    # largest remainder: 7 of (60, 30, 10) -> 4.2, 2.1, 0.7 -> 4, 2, 1
+    seven = draw_cases(cases, 7, seed=0)
+    assert [sum(c.center == k for c in seven) for k in ("DUKE", "ISPY2", "NACT")] == [4, 2, 1]
+
+
+def test_early_stopping_stops_where_expected_and_resumes_exactly(ds, tmp_path, monkeypatch):
+    """Scripted validation: pseudo-Dice 0.5, 0.8, then 0.1 for ever. The moving average peaks at
+    epoch 1; with --early-stop 2 epochs 2 and 3 do not improve it, so training ends after epoch 4
+    (four epochs run) of 10; a resume after a kill mid-way ends at the same state."""
+    curve = [0.5, 0.8] + [0.1] * 10
+
+    def scripted(logits, target):
+        epoch = scripted.epoch_of()
+        d = curve[epoch]
+        return (int(1000 * d), int(1000 * (1 - d)), int(1000 * (1 - d)))  # 2TP/(2TP+FP+FN) = d
+
+    state = {"calls": 0}
+
+    def epoch_of():
+        state["calls"] += 1
+        return (state["calls"] - 1)  # one validation batch per epoch (--val-iters 1)
+    scripted.epoch_of = epoch_of
+    monkeypatch.setattr(training, "pseudo_dice", scripted)
+    base = _args(ds, tmp_path, "--arch", "unet", "--epochs", "10", "--early-stop", "2")
+    assert train.main(base + ["--run", "es"]) == 0
+    final = ckptlib.load(tmp_path / "runs" / "es" / "fold_0" / "checkpoint_final.pt")
+    emas = [h["ema"] for h in final["history"]]
+    assert final["epoch"] == 4 and len(emas) == 4
+    assert emas[1] == max(emas) and all(e < emas[1] for e in emas[2:])
+    assert json.loads((tmp_path / "runs" / "es" / "fold_0" / "validation.json").read_text())["early_stopped"]
+    best = ckptlib.load(tmp_path / "runs" / "es" / "fold_0" / "checkpoint_best.pt")
+    assert best["epoch"] == 2
+    # the same run stopped after 3 epochs and resumed: bit-exact
+    state["calls"] = 0
+    assert train.main(base + ["--run", "es2", "--stop-after", "3"]) == 0
+    assert train.main(_minimal(tmp_path, "--run", "es2", "--resume")) == 0
+    other = ckptlib.load(tmp_path / "runs" / "es2" / "fold_0" / "checkpoint_final.pt")
+    assert other["epoch"] == 4
+    for k in final["model"]:
+        assert torch.equal(final["model"][k], other["model"][k]), k
