@@ -38,6 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"tables/plots to show, from {sorted(SUBGROUP_NAMES)} (the official "
                         "fairness score always uses age, menopause and density)")
     p.add_argument("--pred", help="prediction folder (default: the newest under ./predictions/)")
+    p.add_argument("--cv", metavar="RUN", help="(re)build RUN's cross-validation summary: out-of-fold masks of "
+                   "every fold, scored officially, per fold and overall (cv_summary.csv/json in the run)")
+    p.add_argument("--runs-dir", help="with --cv: folder of runs (default ./runs or $MAMAMIA_RUNS)")
+    p.add_argument("--device", help="with --cv: cpu or cuda (default: cuda when available)")
     p.add_argument("--data", help="MAMA-MIA root (default: the phantom dataset)")
     p.add_argument("--split", choices=("train", "test", "all"), default="test")
     p.add_argument("--out", help="output folder (default <pred>/evaluation[_pcr])")
@@ -60,6 +64,14 @@ def run(args) -> int:
     from engine import evaluation as ev
     from engine.runs import dataset_root, predictions_root
 
+    if args.cv:
+        from engine.crossval import cross_validation_summary, format_summary
+        from engine.runs import RunDir
+        summary = cross_validation_summary(RunDir.named(args.cv, args.runs_dir), args.device,
+                                           progress=not args.quiet)
+        print(format_summary(summary))
+        print(f"wrote {Path(summary['run']) / 'cv_summary.json'} and cv_summary.csv")
+        return 0
     shown = ev.parse_subgroups(args.subgroups)
     marker = "pred_segmentations" if args.task == "seg" else "predictions.csv"
     pred = Path(args.pred) if args.pred else ev.latest_prediction_dir(predictions_root(), marker)

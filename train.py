@@ -164,9 +164,13 @@ def train_seg(args) -> int:
               f"(largest component {res.get('mean_dice_lcc', float('nan')):.4f}) "
               f"({len(res['cases'])} cases){early}, {seconds:.0f} s -> {prep.run.fold_dir(fold)}")
 
-    train_run(prep, device, dist, progress=not args.quiet, stop_after=args.stop_after, workers=args.workers,
-              cache_dir=args.cache_dir, on_fold=report)
+    results = train_run(prep, device, dist, progress=not args.quiet, stop_after=args.stop_after,
+                        workers=args.workers, cache_dir=args.cache_dir, on_fold=report)
     dist.shutdown()
+    from engine.crossval import cross_validation_summary, finished_folds, format_summary
+    finished_now = any("stopped_at" not in r for f, r in results.items() if f >= 0)
+    if dist.rank == 0 and finished_now and len(finished_folds(prep.run)) == len(prep.splits):
+        print(format_summary(cross_validation_summary(prep.run, device, progress=not args.quiet)))
     return 0
 
 

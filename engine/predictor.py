@@ -44,6 +44,13 @@ class Member:
     checkpoint: Path
 
 
+def member(checkpoint: Path, device, name: str | None = None) -> Member:
+    """One checkpoint as an ensemble member (network rebuilt from its stored description)."""
+    state = ckptlib.load(checkpoint)
+    model = ckptlib.build_from(state).to(device)
+    return Member(name or str(checkpoint), model, state["plan"], Path(checkpoint))
+
+
 def load_members(runs: list[RunDir], ensemble: bool, which: str, device) -> list[Member]:
     """Every fold of each run (``ensemble``) or its first fold, checkpoint ``which``."""
     members = []
@@ -53,10 +60,7 @@ def load_members(runs: list[RunDir], ensemble: bool, which: str, device) -> list
             found = found[:1]
         if not found:
             raise UserError(f"{run.path}: no checkpoint_{which}.pt in any fold folder")
-        for ck in found:
-            state = ckptlib.load(ck)
-            model = ckptlib.build_from(state).to(device)
-            members.append(Member(f"{run.name}/{ck.parent.name}", model, state["plan"], ck))
+        members.extend(member(ck, device, f"{run.name}/{ck.parent.name}") for ck in found)
     keys = {cache_key(m.plan) for m in members}
     if len(keys) > 1:
         detail = "; ".join(f"{m.name}: channels {m.plan.channels}, spacing {m.plan.target_spacing}, "

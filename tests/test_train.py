@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -366,3 +367,34 @@ def test_early_stopping_stops_where_expected_and_resumes_exactly(ds, tmp_path, m
     assert other["epoch"] == 4
     for k in final["model"]:
         assert torch.equal(final["model"][k], other["model"][k]), k
+
+
+def test_cross_validation_summary_matches_eval(ds, tmp_path, capsys):
+    """Five folds of a tiny run: the summary is built at the end; its official out-of-fold scores
+    equal eval.py's on the same out-of-fold masks, and its per-fold Dice is the mean over that
+    fold's validation cases."""
+    import csv
+
+    import eval as ev
+    assert train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "cv", "--fold", "all", "--epochs", "1",
+                            "--iters", "1", "--val-iters", "0")) == 0
+    run = tmp_path / "runs" / "cv"
+    summary = json.loads((run / "cv_summary.json").read_text())
+    assert "best fold" in capsys.readouterr().out
+    assert [f["fold"] for f in summary["folds"]] == [0, 1, 2, 3, 4]
+    assert ev.main(["--pred", str(run / "cv" / "oof_raw"), "--data", str(ds), "--split", "train",
+                    "--out", str(tmp_path / "ev"), "--no-plots", "--quiet"]) in (0, 1)
+    official = json.loads((tmp_path / "ev" / "summary.json").read_text())["official"]
+    for k in ("mean_dice", "mean_norm_hd", "performance", "fairness", "ranking"):
+        assert summary["official"]["raw"][k] == pytest.approx(official[k]), k
+    with open(tmp_path / "ev" / "per_case.csv") as fh:
+        per_case = {r["patient_id"]: float(r["dice"]) for r in csv.DictReader(fh)}
+    splits = json.loads((run / "splits.json").read_text())
+    for k, f in enumerate(summary["folds"]):
+        assert f["dice"] == pytest.approx(np.mean([per_case[i] for i in splits[k]["val"]]))
+    best = max(range(5), key=lambda k: (summary["folds"][k]["dice"], -k))
+    assert summary["best_fold"] == best
+    rows = list(csv.reader(open(run / "cv_summary.csv")))
+    assert rows[0][:3] == ["fold", "n", "dice"] and rows[-2][0] == "mean" and rows[-1][0] == "sd"
+    # the command that rebuilds it
+    assert ev.main(["--cv", "cv", "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 0
