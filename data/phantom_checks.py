@@ -1,0 +1,126 @@
+"""Checks and pictures of the synthetic MAMA-MIA-like dataset.
+
+The hardness check (a naive threshold + largest-component segmenter and its best mean Dice) and
+the preview PNG (one case per center: phases, subtraction, mask and enhancement curves).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from data import io
+from data.phantom_cases import draw_cases
+from data.phantom_centers import CENTERS
+from data.phantom_kinetics import LABELS
+from data.phantom_render import render_case
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    """2TP / (2TP + FP + FN); both empty -> 0 (official MAMA-MIA rule, scoring_task1.py)."""
+    tp = int(np.count_nonzero(a & b))
+    denom = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 2.0 * tp / denom if denom else 0.0
+
+
+def _largest_component(binary: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(binary, structure=np.ones((3, 3, 3), bool))   # 26-connectivity
+    if n == 0:
+        return binary
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(sizes.argmax())
+
+
+NAIVE_QUANTILES = (0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
+NAIVE_VALUES = tuple(float(v) for v in np.geomspace(100, 3000, 10).round())
+
+
+def naive_threshold_dice(pairs, quantiles=NAIVE_QUANTILES, values=NAIVE_VALUES) -> dict:
+    """The naive segmenter used as the hardness check: threshold the first subtraction image
+    (phase 1 - phase 0), keep the largest 26-connected component. One global threshold for all
+    cases, chosen to maximise mean Dice over a grid of per-case quantiles and absolute values.
+
+    ``pairs``: iterable of (subtraction (X, Y, Z), mask (X, Y, Z)). Returns best mean Dice, the
+    winning threshold and the mean Dice of every candidate.
+    """
+    pairs = [(np.asarray(s, np.float32), np.asarray(m) > 0) for s, m in pairs]
+    if not pairs:
+        raise ValueError("naive_threshold_dice: no cases")
+    cands = {}
+    per_q = [np.quantile(s, quantiles) for s, _ in pairs]
+    for j, q in enumerate(quantiles):
+        cands[f"q{q}"] = [_dice(_largest_component(s > per_q[i][j]), m) for i, (s, m) in enumerate(pairs)]
+    for v in values:
+        cands[f"v{v:g}"] = [_dice(_largest_component(s > v), m) for s, m in pairs]
+    means = {k: float(np.mean(d)) for k, d in cands.items()}
+    best = max(means, key=means.get)
+    return dict(dice=means[best], threshold=best, per_case=cands[best], candidates=means)
+
+
+def dataset_subtractions(root, ids=None):
+    """(phase 1 - phase 0, expert mask) for every case of a dataset folder, on the _0001 grid."""
+    from data import mamamia
+
+    for case in mamamia.load_dataset(root):
+        if ids is not None and case.patient_id not in ids:
+            continue
+        arr, _, aff = mamamia.load_image(case, phases=[0, 1])
+        yield arr[1] - arr[0], mamamia.load_mask(case, aff, arr.shape[1:])
+
+
+def save_preview(out_dir, seed: int = 0, scale: str = "small", cases: int = 40) -> Path:
+    """PNG with one case per center: pre-contrast, first post-contrast, subtraction and mask
+    overlay through the tumour centre, and the mean curves of tumour, parenchyma and blood
+    (heart/vessels) over acquisition time (solid: rendered image, dashed: noise-free)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pcs = draw_cases(cases, seed, scale)
+    first = {}
+    for p in pcs:
+        first.setdefault(p.spec.center, p)
+    picks = [first[c] for c in CENTERS if c in first]
+    fig, axes = plt.subplots(len(picks), 5, figsize=(17, 3.5 * len(picks)), squeeze=False)
+    for row, pc in zip(axes, picks):
+        r = render_case(pc.spec)
+        ph = [x.astype(np.float32) for x in r.phases]
+        k = int(np.argwhere(r.mask).mean(0)[2]) if r.mask.any() else r.mask.shape[2] // 2
+        hi = float(np.percentile(ph[1], 99.5))
+        sub = ph[1] - ph[0]
+        tiles = [(ph[0], "pre-contrast", (0, hi)), (ph[1], "1st post-contrast", (0, hi)),
+                 (sub, "subtraction 1-0", (0, float(np.percentile(sub, 99.9)))),
+                 (ph[1], "mask on post-contrast", (0, hi))]
+        s = pc.spec
+        for a, (img, title, (lo, top)) in zip(row, tiles):
+            a.imshow(img[:, :, k].T, cmap="gray", vmin=lo, vmax=top, interpolation="nearest")
+            if title.startswith("mask"):
+                a.contour(r.mask[:, :, k].T, [0.5], colors="r", linewidths=0.8)
+            a.set_title(f"{s.patient_id} {s.view} | {title}", fontsize=8)
+            a.axis("off")
+        t = np.asarray(s.times_s)
+        regions = {"tumour": r.mask > 0, "parenchyma": r.labels == LABELS["fgt"],
+                   "heart/vessels": r.labels == LABELS["blood"]}
+        cleans = r.stats["clean_curves"].values()
+        for (name, reg), col, clean in zip(regions.items(), ("r", "g", "b"), cleans):
+            if reg.any():
+                row[4].plot(t, [float(x[reg].mean()) for x in ph], "-o", color=col, ms=3, label=name)
+                row[4].plot(t, clean, "--", color=col, lw=0.8)
+        row[4].set_xlabel("acquisition time (s)", fontsize=8)
+        row[4].set_title(f"{s.lesion.curve} tumour, {s.field_strength:g} T, "
+                         f"{'fat-sat' if s.fat_suppressed else 'no fat-sat'}", fontsize=8)
+        row[4].legend(fontsize=7)
+        row[4].tick_params(labelsize=7)
+    fig.tight_layout()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "phantom_preview.png"
+    import io as _io
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    io.atomic_write_bytes(path, buf.getvalue())
+    return path
