@@ -16,6 +16,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import nibabel as nib
 import numpy as np
@@ -114,13 +115,27 @@ def same_grid(affine_a, shape_a, affine_b, shape_b, tol: float = GRID_TOL) -> bo
         np.allclose(np.asarray(affine_a), np.asarray(affine_b), atol=tol, rtol=0))
 
 
+def grids_overlap(src_affine, src_shape, dst_affine, dst_shape) -> bool:
+    """False when the destination grid's field of view misses the source's entirely (the
+    bounding box of its corners in source voxel coordinates does not meet the source volume)."""
+    m = np.linalg.inv(np.asarray(src_affine, float)) @ np.asarray(dst_affine, float)
+    corners = np.array(np.meshgrid(*[(-0.5, s - 0.5) for s in dst_shape], indexing="ij")).reshape(3, -1)
+    pts = m[:3, :3] @ corners + m[:3, 3:4]
+    lo, hi = pts.min(1), pts.max(1)
+    return bool(np.all(hi > -0.5) and np.all(lo < np.asarray(src_shape, float) - 0.5))
+
+
 def resample_to_grid(array: np.ndarray, src_affine, dst_affine, dst_shape, order: int = 1,
-                     cval: float = 0.0, mode: str = "constant") -> np.ndarray:
+                     cval: float = 0.0, mode: str = "constant", source=None) -> np.ndarray:
     """Resample ``array`` (on ``src_affine``) onto the grid (``dst_affine``, ``dst_shape``).
 
     World coordinates are matched exactly: destination voxel v samples source voxel
-    ``inv(src_affine) @ dst_affine @ v``.
+    ``inv(src_affine) @ dst_affine @ v``. Grids that do not overlap at all are an ImageError
+    naming ``source`` (the file the array came from): resampling would give a constant volume.
     """
+    if not grids_overlap(src_affine, array.shape, dst_affine, dst_shape):
+        raise ImageError(f"{source or 'source image'}: its grid does not overlap the target grid at all "
+                         f"(shape {tuple(array.shape)} vs {tuple(dst_shape)}; check the affines)")
     m = np.linalg.inv(np.asarray(src_affine, float)) @ np.asarray(dst_affine, float)
     out = ndimage.affine_transform(array.astype(np.float32, copy=False), m[:3, :3], offset=m[:3, 3],
                                    output_shape=tuple(int(s) for s in dst_shape), order=order,
@@ -150,9 +165,50 @@ def load_phases(paths, reference: int = 0, nan_policy: str = "raise",
                         p, paths[reference], GRID_TOL)
             # phases of one acquisition cover the same field of view: a slightly shifted phase
             # repeats its edge rather than gaining a black border slice
+            if not grids_overlap(vol.affine, vol.shape, ref.affine, ref.shape):
+                raise ImageError(f"{p}: its grid does not overlap the grid of {paths[reference]} at all "
+                                 f"(affines differ by up to {np.abs(vol.affine - ref.affine).max():.3g})")
             out[i] = resample_to_grid(vol.array, vol.affine, ref.affine, ref.shape, order=1,
-                                      mode="nearest")
+                                      mode="nearest", source=p)
     return out, ref.spacing, ref.affine
+
+
+def safe_name(patient_id) -> str:
+    """``patient_id`` unchanged when it can be used as (part of) a file name, else ValueError.
+
+    Ids come from folder names, split files and the challenge platform; every file name built from
+    one (cache arrays, predictions) goes through here so that an id such as ``../x`` or ``a/b``
+    cannot write outside its folder.
+    """
+    if not isinstance(patient_id, str):
+        raise ValueError(f"patient id must be a string, got {patient_id!r}")
+    bad = None
+    if not patient_id.strip():
+        bad = "is empty"
+    elif "\0" in patient_id:
+        bad = "contains a NUL character"
+    elif "/" in patient_id or "\\" in patient_id or (os.altsep and os.altsep in patient_id):
+        bad = "contains a path separator"
+    elif ".." in patient_id:
+        bad = "contains '..'"
+    if bad:
+        raise ValueError(f"patient id {patient_id!r} {bad}; it cannot be used as a file name")
+    return patient_id
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (os.umask would set it
+    for a moment in every thread)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _atomic_target(path: Path, overwrite: bool, protected=()) -> None:
@@ -163,25 +219,61 @@ def _atomic_target(path: Path, overwrite: bool, protected=()) -> None:
         raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
 
 
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes, overwrite: bool = True) -> Path:
-    """Write bytes atomically: a temporary file in the same folder, then ``os.replace``."""
+def _suffix(name: str) -> str:
+    low = name.lower()
+    return ".nii.gz" if low.endswith(".nii.gz") else Path(name).suffix
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = True,
+                 protected=()) -> Path:
+    """The one atomic-write mechanism: ``write(tmp)`` fills a temporary file in the same folder
+    (its name ends in the target's suffix, so writers that choose the format by extension work),
+    which then replaces ``path`` with ``os.replace``.
+
+    The file gets the mode any new file gets (0o666 minus the umask), not mkstemp's 0o600. The
+    temporary is removed on every failure; an OSError is re-raised naming ``path`` and its errno.
+    ``protected``: paths never to be overwritten (the inputs); an existing ``path`` is an error
+    unless ``overwrite``.
+    """
     path = Path(path)
-    _atomic_target(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _atomic_target(path, overwrite, protected)
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + _suffix(path.name),
+                                   dir=path.parent)
+        os.close(fd)
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, f"cannot write {path} ({exc.strerror or os.strerror(exc.errno)})",
+                      str(path)) from exc
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
-        raise
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes | Callable[[BinaryIO], None],
+                       overwrite: bool = True, protected=()) -> Path:
+    """Write ``payload`` (bytes, or a callback that writes to the open binary file) atomically;
+    see :func:`atomic_write`."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            if callable(payload):
+                payload(fh)
+            else:
+                fh.write(payload)
+
+    return atomic_write(path, write, overwrite=overwrite, protected=protected)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True, protected=()) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite, protected=protected)
 
 
 def save_nifti(path: str | os.PathLike, array: np.ndarray, affine, dtype=None, reference=None,
@@ -208,15 +300,5 @@ def save_nifti(path: str | os.PathLike, array: np.ndarray, affine, dtype=None, r
         img = nib.Nifti1Image(array, np.asarray(affine))
         img.set_qform(np.asarray(affine), code=1)
         img.set_sform(np.asarray(affine), code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite,
+                        protected=protected)
