@@ -1,6 +1,6 @@
 """Atomic file writes: the one helper every writer of an output or a settings file uses.
 
-A temporary file in the destination folder receives the bytes, then ``os.replace`` puts it in
+A temporary file in the destination folder receives the data, then ``os.replace`` puts it in
 place, so a reader (or a resumed job after a crash) never sees a half-written file. The result
 gets the permissions of any newly created file (``0o666`` minus the umask), not the ``0o600``
 of a temporary file.
@@ -15,21 +15,35 @@ from pathlib import Path
 TMP_SUFFIX = ".tmp"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (``os.umask`` would
+    set it for a moment in every thread)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def atomic_write(path: str | os.PathLike, payload: bytes | str | Callable[[str], None],
-                 overwrite: bool = True, protected=(), keep_suffix: bool = False) -> Path:
+def _suffix(name: str) -> str:
+    low = name.lower()
+    return ".nii.gz" if low.endswith(".nii.gz") else Path(name).suffix
+
+
+def atomic_write(path: str | os.PathLike, payload: bytes | str | Callable[[Path], object],
+                 overwrite: bool = True, protected=()) -> Path:
     """Write ``payload`` to ``path`` atomically.
 
-    ``payload``: bytes, text (UTF-8) or a function that writes the file whose name it is given
-    (``torch.save``, ``nib.save``; ``keep_suffix`` ends the temporary name with the target's
-    suffixes, e.g. ``.nii.gz``, for writers that look at it). ``protected``: paths that must never
-    be replaced (the inputs). An existing ``path`` is an error unless ``overwrite``. A failure
-    removes the temporary file and raises ``OSError`` naming the path and the errno.
+    ``payload``: bytes, text (UTF-8) or a function that writes the temporary file whose path it
+    is given (``torch.save``, ``nib.save``; the temporary's name ends in the target's suffix, so
+    writers that choose the format by extension work). ``protected``: paths that must never be
+    replaced (the inputs). An existing ``path`` is an error unless ``overwrite``. The temporary is
+    removed on every failure; an ``OSError`` is re-raised naming the path and its errno.
     """
     path = Path(path)
     resolved = path.resolve()
@@ -37,30 +51,31 @@ def atomic_write(path: str | os.PathLike, payload: bytes | str | Callable[[str],
         raise ValueError(f"{path}: refusing to overwrite an input file")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
-    suffix = TMP_SUFFIX + ("".join(path.suffixes[-2:]) if keep_suffix else "")
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    except OSError as exc:
-        raise OSError(exc.errno, f"{path}: cannot write ({os.strerror(exc.errno or 0)})") from exc
-    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX + _suffix(path.name),
+                                   dir=path.parent)
         if callable(payload):
             os.close(fd)
-            payload(tmp)
+            payload(Path(tmp))
         else:
             data = payload.encode("utf-8") if isinstance(payload, str) else payload
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
+        tmp = None
+    except OSError as exc:
+        if exc.errno is None or isinstance(exc, FileExistsError):
+            raise
+        raise OSError(exc.errno, f"cannot write {path} ({exc.strerror or os.strerror(exc.errno)})",
+                      str(path)) from exc
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
-            raise OSError(exc.errno, f"{path}: write failed ({os.strerror(exc.errno or 0)})") from exc
-        raise
     return path
 
 

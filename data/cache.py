@@ -38,11 +38,58 @@ def _progress(iterable, total, desc, enabled):
     return tqdm(iterable, total=total, desc=desc, unit="case", dynamic_ncols=True)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCHDOG_PERIOD_S = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: the worker dies when the process that started the pool does.
+
+    A ProcessPoolExecutor worker busy with a case does not notice that its parent was killed
+    (kill -9, OOM killer) and went on preprocessing for minutes. Linux delivers SIGKILL on the
+    parent's death (prctl PR_SET_PDEATHSIG); a watchdog thread covers other systems and the gap
+    between fork and prctl (the parent may already be gone).
+    """
+    import ctypes
+    import signal
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            log.debug("prctl(PR_SET_PDEATHSIG) unavailable; relying on the watchdog", exc_info=True)
+    first_ppid = os.getppid()
+
+    def alive() -> bool:
+        if os.getppid() != first_ppid:
+            return False
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    def watch() -> None:
+        while alive():
+            time.sleep(WATCHDOG_PERIOD_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
 def _map(fn, items, workers, desc, progress):
-    """Ordered map over items in ``workers`` processes (1 = in this process) with a progress bar."""
+    """Ordered map over items in ``workers`` processes (1 = in this process) with a progress bar;
+    the worker processes exit when this process dies."""
     if workers <= 1 or len(items) <= 1:
         return [r for r in _progress(map(fn, items), len(items), desc, progress)]
-    with ProcessPoolExecutor(max_workers=workers) as ex:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as ex:
         return list(_progress(ex.map(fn, items), len(items), desc, progress))
 
 
@@ -103,19 +150,27 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     io.atomic_write_bytes(path, buf.getvalue())
 
 
+def case_file(folder: Path, patient_id: str, suffix: str) -> Path:
+    """``folder / f"{patient_id}{suffix}"`` for a validated id (``io.safe_name``)."""
+    return folder / f"{io.safe_name(patient_id)}{suffix}"
+
+
 def _build_one(args) -> str:
     case, plan, folder = args
+    io.safe_name(case.patient_id)
     img, mask, meta = preprocess(case, plan, with_mask=True)
-    _save_npy(folder / f"{case.patient_id}_img.npy", img.astype(np.float32, copy=False))
+    _save_npy(case_file(folder, case.patient_id, "_img.npy"), img.astype(np.float32, copy=False))
     if mask is not None:
-        _save_npy(folder / f"{case.patient_id}_seg.npy", mask[None].astype(np.uint8))
-        _save_npy(folder / f"{case.patient_id}_fg.npy", foreground_locations(mask, seed=1234))
-    io.atomic_write_text(folder / f"{case.patient_id}.json", json.dumps(meta.to_dict()))
+        _save_npy(case_file(folder, case.patient_id, "_seg.npy"), mask[None].astype(np.uint8))
+        _save_npy(case_file(folder, case.patient_id, "_fg.npy"), foreground_locations(mask, seed=1234))
+    io.atomic_write_text(case_file(folder, case.patient_id, ".json"), json.dumps(meta.to_dict()))
     return case.patient_id
 
 
 def build_cache(cases, plan: Plan, root: str | os.PathLike, workers: int = 2, progress: bool = True) -> Path:
     """Preprocess every case not yet in the cache; returns the cache folder for this plan."""
+    for c in cases:  # before any work: a bad id must not fail hours into a build
+        io.safe_name(c.patient_id)
     folder = Path(root) / cache_key(plan)
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "manifest.json"
@@ -124,14 +179,31 @@ def build_cache(cases, plan: Plan, root: str | os.PathLike, workers: int = 2, pr
         stored = json.loads(manifest.read_text())
         if json.loads(json.dumps(stored.get("fields"), default=list)) != json.loads(json.dumps(fields, default=list)):
             raise RuntimeError(f"{manifest}: cache key collision with different preprocessing settings")
-    todo = [c for c in cases if not (folder / f"{c.patient_id}.json").exists()]
+    todo = [c for c in cases if not case_file(folder, c.patient_id, ".json").exists()]
     if todo:
         log.info("preprocessing %d case(s) into %s", len(todo), folder)
         _map(_build_one, [(c, plan, folder) for c in todo], workers, "preprocess", progress)
     done = sorted({p.stem for p in folder.glob("*.json") if p.name != "manifest.json"})
+    empty = empty_mask_ids(folder, [c.patient_id for c in cases if c.mask_path is not None])
+    if empty:
+        log.warning("%d of %d case(s) have an empty expert mask (they train as tumour-free): %s",
+                    len(empty), len(cases), ", ".join(empty[:20]) + (f" and {len(empty) - 20} more"
+                                                                    if len(empty) > 20 else ""))
     io.atomic_write_text(manifest, json.dumps({"key": cache_key(plan), "fields": fields, "cases": done},
                                               indent=1, default=list))
     return folder
+
+
+def empty_mask_ids(folder: str | os.PathLike, patient_ids) -> list[str]:
+    """Ids among ``patient_ids`` whose cached mask has no foreground voxel (read from the
+    ``_fg.npy`` headers, without loading any array)."""
+    folder = Path(folder)
+    out = []
+    for pid in patient_ids:
+        path = case_file(folder, pid, "_fg.npy")
+        if path.exists() and np.load(path, mmap_mode="r").shape[0] == 0:
+            out.append(pid)
+    return out
 
 
 def load_cached(folder: str | os.PathLike, patient_ids, need_labels: bool = True) -> list[CachedCase]:
@@ -139,6 +211,7 @@ def load_cached(folder: str | os.PathLike, patient_ids, need_labels: bool = True
     folder = Path(folder)
     out = []
     for pid in patient_ids:
+        io.safe_name(pid)
         meta_path = folder / f"{pid}.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{meta_path}: case {pid} is not in the cache (run build_cache)")

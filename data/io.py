@@ -15,12 +15,13 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from core.atomic import atomic_write
+from core.atomic import atomic_write, current_umask  # noqa: F401  (re-exported: the one atomic-write helper)
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,27 @@ def same_grid(affine_a, shape_a, affine_b, shape_b, tol: float = GRID_TOL) -> bo
         np.allclose(np.asarray(affine_a), np.asarray(affine_b), atol=tol, rtol=0))
 
 
+def grids_overlap(src_affine, src_shape, dst_affine, dst_shape) -> bool:
+    """False when the destination grid's field of view misses the source's entirely (the
+    bounding box of its corners in source voxel coordinates does not meet the source volume)."""
+    m = np.linalg.inv(np.asarray(src_affine, float)) @ np.asarray(dst_affine, float)
+    corners = np.array(np.meshgrid(*[(-0.5, s - 0.5) for s in dst_shape], indexing="ij")).reshape(3, -1)
+    pts = m[:3, :3] @ corners + m[:3, 3:4]
+    lo, hi = pts.min(1), pts.max(1)
+    return bool(np.all(hi > -0.5) and np.all(lo < np.asarray(src_shape, float) - 0.5))
+
+
 def resample_to_grid(array: np.ndarray, src_affine, dst_affine, dst_shape, order: int = 1,
-                     cval: float = 0.0, mode: str = "constant") -> np.ndarray:
+                     cval: float = 0.0, mode: str = "constant", source=None) -> np.ndarray:
     """Resample ``array`` (on ``src_affine``) onto the grid (``dst_affine``, ``dst_shape``).
 
     World coordinates are matched exactly: destination voxel v samples source voxel
-    ``inv(src_affine) @ dst_affine @ v``.
+    ``inv(src_affine) @ dst_affine @ v``. Grids that do not overlap at all are an ImageError
+    naming ``source`` (the file the array came from): resampling would give a constant volume.
     """
+    if not grids_overlap(src_affine, array.shape, dst_affine, dst_shape):
+        raise ImageError(f"{source or 'source image'}: its grid does not overlap the target grid at all "
+                         f"(shape {tuple(array.shape)} vs {tuple(dst_shape)}; check the affines)")
     m = np.linalg.inv(np.asarray(src_affine, float)) @ np.asarray(dst_affine, float)
     out = ndimage.affine_transform(array.astype(np.float32, copy=False), m[:3, :3], offset=m[:3, 3],
                                    output_shape=tuple(int(s) for s in dst_shape), order=order,
@@ -151,18 +166,53 @@ def load_phases(paths, reference: int = 0, nan_policy: str = "raise",
                         p, paths[reference], GRID_TOL)
             # phases of one acquisition cover the same field of view: a slightly shifted phase
             # repeats its edge rather than gaining a black border slice
+            if not grids_overlap(vol.affine, vol.shape, ref.affine, ref.shape):
+                raise ImageError(f"{p}: its grid does not overlap the grid of {paths[reference]} at all "
+                                 f"(affines differ by up to {np.abs(vol.affine - ref.affine).max():.3g})")
             out[i] = resample_to_grid(vol.array, vol.affine, ref.affine, ref.shape, order=1,
-                                      mode="nearest")
+                                      mode="nearest", source=p)
     return out, ref.spacing, ref.affine
 
 
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes, overwrite: bool = True) -> Path:
-    """Write bytes atomically (``core.atomic.atomic_write``)."""
-    return atomic_write(path, payload, overwrite=overwrite)
+def safe_name(patient_id) -> str:
+    """``patient_id`` unchanged when it can be used as (part of) a file name, else ValueError.
+
+    Ids come from folder names, split files and the challenge platform; every file name built from
+    one (cache arrays, predictions) goes through here so that an id such as ``../x`` or ``a/b``
+    cannot write outside its folder.
+    """
+    if not isinstance(patient_id, str):
+        raise ValueError(f"patient id must be a string, got {patient_id!r}")
+    bad = None
+    if not patient_id.strip():
+        bad = "is empty"
+    elif "\0" in patient_id:
+        bad = "contains a NUL character"
+    elif "/" in patient_id or "\\" in patient_id or (os.altsep and os.altsep in patient_id):
+        bad = "contains a path separator"
+    elif ".." in patient_id:
+        bad = "contains '..'"
+    if bad:
+        raise ValueError(f"patient id {patient_id!r} {bad}; it cannot be used as a file name")
+    return patient_id
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
-    return atomic_write(path, text, overwrite=overwrite)
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes | Callable[[BinaryIO], None],
+                       overwrite: bool = True, protected=()) -> Path:
+    """Write ``payload`` (bytes, or a callback that writes to the open binary file) atomically;
+    see :func:`atomic_write`."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            if callable(payload):
+                payload(fh)
+            else:
+                fh.write(payload)
+
+    return atomic_write(path, write, overwrite=overwrite, protected=protected)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True, protected=()) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite, protected=protected)
 
 
 def save_nifti(path: str | os.PathLike, array: np.ndarray, affine, dtype=None, reference=None,
@@ -188,5 +238,5 @@ def save_nifti(path: str | os.PathLike, array: np.ndarray, affine, dtype=None, r
         img = nib.Nifti1Image(array, np.asarray(affine))
         img.set_qform(np.asarray(affine), code=1)
         img.set_sform(np.asarray(affine), code=1)
-    return atomic_write(path, lambda tmp: nib.save(img, tmp), overwrite=overwrite, protected=protected,
-                        keep_suffix=True)
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite,
+                        protected=protected)

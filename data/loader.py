@@ -122,7 +122,7 @@ class BatchLoader:
         self.num_workers, self.backend = num_workers, backend
         self._producer = _Producer(sampler, patch_size, profile, seed, augment_on == "worker", label_mode,
                                    pin=augment_on == "device" and self.device.type == "cuda")
-        self._next = start
+        self._next = self._start = start
         self.wait_times: deque[float] = deque(maxlen=10000)
         self._stop = threading.Event()
         if backend == "thread":
@@ -138,7 +138,7 @@ class BatchLoader:
             self._it = iter(self._dl)
 
     def _work(self, w: int) -> None:
-        i = self._next + w
+        i = self._start + w
         while not self._stop.is_set():
             try:
                 item = self._producer(i)
@@ -163,7 +163,10 @@ class BatchLoader:
         if self.backend == "thread":
             if self._stop.is_set():
                 raise RuntimeError("BatchLoader is closed")
-            item = self._queues[self._next % self.num_workers].get()
+            # worker w produces start + w, start + w + W, ...: the queue follows the offset from
+            # start, not the absolute index (a resume at a start not divisible by W read the
+            # wrong worker's batch)
+            item = self._queues[(self._next - self._start) % self.num_workers].get()
             if isinstance(item, Exception):
                 self.close()
                 raise RuntimeError(f"batch {self._next} failed in a loader worker") from item

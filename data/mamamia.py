@@ -7,8 +7,18 @@ Layout::
     <root>/patient_info_files/<patient_id>.json                      clinical + imaging record
     <root>/train_test_splits.csv                                      columns train_split, test_split
 
-Names are matched case-insensitively (the challenge download has upper-case folders and
-lower-case files; older copies are upper case throughout). Non-NIfTI files are ignored.
+A patient id is the image folder's name exactly as it is on disk: outputs are named
+``<patient_id>.nii.gz`` and the official scorer opens exactly that name. Masks, JSON records,
+phase files and split-file rows are matched to it case-insensitively (the challenge download has
+upper-case folders and lower-case files; older copies are upper case throughout); two of a kind
+that differ only in case (``duke_001/`` beside ``DUKE_001/``) are an error naming both, never a
+silent pick. Non-NIfTI files are ignored.
+
+A patient JSON that cannot be used (invalid JSON, ``pcr`` not 0/1/null) does not stop discovery:
+the error is kept on the case (``Case.record_error``) and raised when the case is selected
+(:func:`select`) or loaded, so a broken record of a case that is filtered out costs nothing.
+Values that are merely implausible (a breast box partly outside the image, decreasing
+acquisition times, a non-numeric age) are dropped or clamped with a warning naming file and key.
 """
 from __future__ import annotations
 
@@ -69,6 +79,7 @@ class Case:
     # breast box in OUR array axis order (nibabel X, Y, Z), half-open slices
     breast_box: tuple[slice, slice, slice] | None = None
     split: str | None = None            # train | test | None (not listed)
+    record_error: str | None = None     # why the JSON record is unusable (raised on use)
 
     @property
     def n_phases(self) -> int:
@@ -113,42 +124,134 @@ def _get(d, *keys):
     return d
 
 
-def breast_box_from_json(coords) -> tuple[slice, slice, slice] | None:
-    """JSON ``breast_coordinates`` index SimpleITK axes 0/1/2 = nibabel axes 2/1/0 (half-open)."""
+# our array axis i holds the JSON (SimpleITK) axis BOX_AXES[i]
+BOX_AXES = ("z", "y", "x")
+
+
+def breast_box_from_json(coords, source: str = "<json>") -> tuple[slice, slice, slice] | None:
+    """JSON ``breast_coordinates`` index SimpleITK axes 0/1/2 = nibabel axes 2/1/0 (half-open).
+
+    No box (None) when the coordinates are absent. Unusable ones give None with a warning naming
+    ``source`` and the key: a missing or non-numeric value, or ``min >= max`` after negative
+    values are clamped to 0 (numpy would wrap a negative start around the axis, an inverted box
+    would empty the mask). The image's upper bounds are checked by :func:`validate_box`.
+    """
+    if coords is None:
+        return None
+    where = f"{source}: primary_lesion.breast_coordinates"
     if not isinstance(coords, dict):
+        log.warning("%s is not an object (%r); breast box ignored", where, coords)
         return None
-    vals = {k: _num(coords.get(k)) for k in ("x_min", "x_max", "y_min", "y_max", "z_min", "z_max")}
-    if any(v is None for v in vals.values()):
+    v = {}
+    for ax in ("x", "y", "z"):
+        for end in ("min", "max"):
+            key = f"{ax}_{end}"
+            raw = coords.get(key)
+            num = _num(raw)
+            if num is None or not math.isfinite(num):
+                log.warning("%s.%s is %r, not a number; breast box ignored", where, key, raw)
+                return None
+            if num < 0:
+                log.warning("%s.%s = %r is negative; clamped to 0", where, key, raw)
+                num = 0.0
+            v[key] = int(num)
+    for ax in ("x", "y", "z"):
+        if v[f"{ax}_min"] >= v[f"{ax}_max"]:
+            log.warning("%s: %s_min %d >= %s_max %d (empty or inverted box); breast box ignored",
+                        where, ax, v[f"{ax}_min"], ax, v[f"{ax}_max"])
+            return None
+    return tuple(slice(v[f"{ax}_min"], v[f"{ax}_max"]) for ax in BOX_AXES)  # type: ignore[return-value]
+
+
+def validate_box(box, shape, source: str = "<box>") -> tuple[slice, slice, slice] | None:
+    """A breast box (our axis order) checked against the image ``shape`` (X, Y, Z).
+
+    Parts outside the image are clamped with a warning naming ``source`` and the JSON key; a box
+    that is empty once clamped (entirely outside the image, or inverted) is dropped with a
+    warning and None is returned: the documented fallback is "no breast box", i.e. the whole
+    image, never an empty mask.
+    """
+    if box is None:
         return None
-    v = {k: int(x) for k, x in vals.items()}
-    return (slice(v["z_min"], v["z_max"]), slice(v["y_min"], v["y_max"]), slice(v["x_min"], v["x_max"]))
+    out = []
+    for sl, dim, ax in zip(box, tuple(shape)[-3:], BOX_AXES):
+        lo, hi = sl.start, sl.stop
+        if lo < 0:
+            log.warning("%s: breast box %s_min %d < 0; clamped to 0", source, ax, lo)
+            lo = 0
+        if hi > dim:
+            log.warning("%s: breast box %s_max %d beyond the image (%d voxels); clamped", source, ax, hi, dim)
+            hi = dim
+        if lo >= hi:
+            log.warning("%s: breast box %s range [%d, %d) is empty inside the image (%d voxels); "
+                        "breast box ignored", source, ax, sl.start, sl.stop, dim)
+            return None
+        out.append(slice(lo, hi))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def case_breast_box(case: "Case", shape) -> tuple[slice, slice, slice] | None:
+    """``case.breast_box`` validated against the case's image ``shape`` (see :func:`validate_box`);
+    what every user of the box (inference restriction, postprocessing) should read."""
+    return validate_box(case.breast_box, shape, str(case.json_path or f"<record of {case.patient_id}>"))
+
+
+def _pcr(raw, source: str) -> int | None:
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None
+    if not isinstance(raw, bool) and isinstance(raw, (int, float)) and raw in (0, 1):
+        return int(raw)
+    raise ValueError(f"{source}: primary_lesion.pcr must be 0, 1 or null, got {raw!r}")
+
+
+def _age(raw, source: str) -> float | None:
+    age = None if isinstance(raw, bool) else _num(raw)
+    if raw is not None and (age is None or not math.isfinite(age)):
+        log.warning("%s: clinical_data.age is %r, not a number; treated as unknown", source, raw)
+        return None
+    return age
+
+
+def _times(raw, source: str) -> tuple[float, ...] | None:
+    if raw is None:
+        return None
+    vals = [None if isinstance(t, bool) else _num(t) for t in raw] if isinstance(raw, list) else [None]
+    if not vals or any(t is None or not math.isfinite(t) for t in vals) \
+            or any(b <= a for a, b in zip(vals, vals[1:])):
+        log.warning("%s: imaging_data.acquisition_times %r are not increasing numbers; ignored", source, raw)
+        return None
+    return tuple(vals)  # type: ignore[arg-type]
 
 
 def parse_record(record: dict, source: str = "<json>") -> tuple[str | None, Clinical, Acquisition, tuple | None]:
-    """Clinical and imaging fields from one patient JSON; missing keys become None, never errors."""
+    """Clinical and imaging fields from one patient JSON.
+
+    Missing keys become None. ``pcr`` other than 0, 1 or null is a ValueError naming ``source``
+    (it is a training target); a non-numeric age, non-increasing acquisition times or an unusable
+    breast box are dropped with a warning naming ``source`` and the key.
+    """
     if not isinstance(record, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(record).__name__}")
     cd, pl, im = (record.get(k) or {} for k in ("clinical_data", "primary_lesion", "imaging_data"))
-    pcr = _num(_get(pl, "pcr"))
+    pcr = _pcr(_get(pl, "pcr"), source)
     density = _get(cd, "breast_density")
     density = str(density).strip().lower() if isinstance(density, str) and density.strip() else None
     raw_meno = _get(cd, "menopausal_status")
     subtype = _get(pl, "tumor_subtype")
-    clinical = Clinical(age=_num(_get(cd, "age")), menopause=menopause_group(raw_meno),
+    clinical = Clinical(age=_age(_get(cd, "age"), source), menopause=menopause_group(raw_meno),
                         menopause_raw=raw_meno if isinstance(raw_meno, str) else None,
                         density=density if density in ("a", "b", "c", "d") else None,
-                        pcr=None if pcr is None else int(pcr),
+                        pcr=pcr,
                         subtype=str(subtype) if subtype not in (None, "") else None)
     bil = _get(im, "bilateral")
-    times = _get(im, "acquisition_times")
     acq = Acquisition(site=_get(im, "site"), manufacturer=_get(im, "scanner_manufacturer"),
                       model=_get(im, "scanner_model"), field_strength=_num(_get(im, "field_strength")),
                       echo_time=_num(_get(im, "echo_time")), repetition_time=_num(_get(im, "repetition_time")),
                       bilateral=None if bil is None else bool(bil),
-                      acquisition_times=tuple(float(t) for t in times) if isinstance(times, list) else None)
+                      acquisition_times=_times(_get(im, "acquisition_times"), source))
     center = _get(im, "dataset")
     return (str(center).upper() if center else None), clinical, acq, breast_box_from_json(
-        _get(pl, "breast_coordinates"))
+        _get(pl, "breast_coordinates"), source)
 
 
 def center_from_id(patient_id: str) -> str:
@@ -157,40 +260,92 @@ def center_from_id(patient_id: str) -> str:
 
 # ----------------------------------------------------------------------------- discovery
 
-def _ci_children(folder: Path) -> dict[str, Path]:
-    """Children of ``folder`` keyed by lower-case name."""
-    if not folder.is_dir():
-        return {}
-    return {p.name.lower(): p for p in folder.iterdir()}
+def _ci_child(folder: Path | None, name: str) -> Path | None:
+    """The child of ``folder`` called ``name`` in any letter case; two spellings are an error."""
+    if folder is None or not folder.is_dir():
+        return None
+    hits = [p for p in folder.iterdir() if p.name.lower() == name]
+    if len(hits) > 1:
+        raise ValueError(f"{folder}: {' and '.join(str(h) for h in sorted(hits))} differ only in letter case")
+    return hits[0] if hits else None
+
+
+def ci_index(items, what: str = "files") -> dict:
+    """``{name.lower(): value}`` from ``(name, value)`` pairs; two names that differ only in
+    letter case are a ValueError naming both values (paths), never a silent pick.
+
+    Look up ids with ``index.get(patient_id.lower())``.
+    """
+    out: dict = {}
+    seen: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key in out:
+            raise ValueError(f"{what}: {out[key]} and {value} differ only in letter case "
+                             f"({seen[key]!r} vs {name!r}); rename or remove one")
+        out[key], seen[key] = value, name
+    return out
 
 
 def read_splits(path: Path) -> dict[str, str]:
-    """``train_test_splits.csv`` -> {PATIENT_ID: 'train'|'test'}; NaN padding and blanks skipped."""
+    """``train_test_splits.csv`` -> {patient_id as written: 'train'|'test'}; NaN padding and
+    blanks skipped. An id in both columns, or spelled two ways (``duke_001`` and ``DUKE_001``),
+    is a ValueError naming the file and the ids."""
     out: dict[str, str] = {}
+    spelled: dict[str, str] = {}
+    both: list[str] = []
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
         missing = [c for c in ("train_split", "test_split") if c not in cols]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
-        for row in reader:
+        for line, row in enumerate(reader, start=2):
             for key, split in (("train_split", "train"), ("test_split", "test")):
-                pid = (row.get(cols[key]) or "").strip().upper()
-                if pid and pid not in ("NAN", "NONE", "NULL"):
-                    out[pid] = split
+                pid = (row.get(cols[key]) or "").strip()
+                if not pid or pid.upper() in ("NAN", "NONE", "NULL"):
+                    continue
+                low = pid.lower()
+                if low in spelled and spelled[low] != pid:
+                    raise ValueError(f"{path}:{line}: patient {pid!r} also listed as {spelled[low]!r} "
+                                     f"(ids differ only in letter case)")
+                if low in spelled and out[pid] != split:
+                    both.append(pid)
+                spelled[low] = pid
+                out[pid] = split
+    if both:
+        raise ValueError(f"{path}: {len(both)} patient(s) listed in both train_split and test_split: "
+                         f"{sorted(set(both))}")
     return out
 
 
+def _read_record(path: Path):
+    """``(center, clinical, acquisition, box, error)`` of one JSON file; an unusable record
+    gives the defaults and the error message instead of raising (raised when the case is used)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, Clinical(), Acquisition(), None, f"{path}: invalid JSON: {exc}"
+    try:
+        return (*parse_record(record, str(path)), None)
+    except ValueError as exc:
+        return None, Clinical(), Acquisition(), None, str(exc)
+
+
 def _discover_cases(images: Path, masks: dict, jsons: dict, splits: dict) -> list[Case]:
+    """Cases of ``images/``; ``masks``, ``jsons`` and ``splits`` are keyed by lower-case id."""
+    folders = [p for p in images.iterdir() if p.is_dir()]
+    ci_index(((p.name, p) for p in folders), what=f"case folders in {images}")  # collisions
     cases = []
-    for folder in sorted(p for p in images.iterdir() if p.is_dir()):
-        pid = folder.name.upper()
+    for folder in sorted(folders, key=lambda p: p.name):
+        pid = io.safe_name(folder.name)
+        key = pid.lower()
         phases: dict[int, Path] = {}
         for f in folder.iterdir():
             if not f.is_file() or not io.is_nifti(f.name):
                 continue
             m = PHASE_RE.match(io.strip_nifti_suffix(f.name))
-            if not m or m.group("pid").upper() != pid:
+            if not m or m.group("pid").lower() != key:
                 log.warning("%s: not a phase file of %s; ignored", f, pid)
                 continue
             k = int(m.group("phase"))
@@ -201,17 +356,13 @@ def _discover_cases(images: Path, masks: dict, jsons: dict, splits: dict) -> lis
             log.warning("%s: no NIfTI phase files; case skipped", folder)
             continue
         nums = tuple(sorted(phases))
-        center, clinical, acq, box = None, Clinical(), Acquisition(), None
-        if pid in jsons:
-            try:
-                record = json.loads(jsons[pid].read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{jsons[pid]}: invalid JSON: {exc}") from exc
-            center, clinical, acq, box = parse_record(record, str(jsons[pid]))
+        center, clinical, acq, box, error = None, Clinical(), Acquisition(), None, None
+        if key in jsons:
+            center, clinical, acq, box, error = _read_record(jsons[key])
         cases.append(Case(patient_id=pid, center=center or center_from_id(pid),
                           phase_paths=tuple(phases[k] for k in nums), phase_numbers=nums,
-                          mask_path=masks.get(pid), json_path=jsons.get(pid), clinical=clinical,
-                          acquisition=acq, breast_box=box, split=splits.get(pid)))
+                          mask_path=masks.get(key), json_path=jsons.get(key), clinical=clinical,
+                          acquisition=acq, breast_box=box, split=splits.get(key), record_error=error))
     return cases
 
 
@@ -232,32 +383,45 @@ def load_dataset(root: str | os.PathLike, require_splits: bool = False,
     """Discover every case under ``root/images``; sorted by patient id.
 
     An id listed in the split file without images is an error naming the id (``strict_split_ids``)
-    or a logged warning.
+    or a logged warning. Cases whose JSON record is unusable are returned with ``record_error``
+    set (one summary warning) and raise when selected or loaded.
     """
     root = Path(root)
-    kids = _ci_children(root)
-    images = kids.get("images")
+    images = _ci_child(root, "images")
     if images is None or not images.is_dir():
         raise FileNotFoundError(f"{root}: no images/ folder (is this a MAMA-MIA dataset root?)")
-    seg = _ci_children(kids["segmentations"]).get("expert") if "segmentations" in kids else None
-    masks = {io.strip_nifti_suffix(n).upper(): p for n, p in _ci_children(seg).items()
-             if io.is_nifti(n)} if seg else {}
-    info = kids.get("patient_info_files")
-    jsons = {n[:-5].upper(): p for n, p in _ci_children(info).items() if n.endswith(".json")} if info else {}
-    split_path = kids.get("train_test_splits.csv")
-    splits = read_splits(split_path) if split_path else {}
+    seg = _ci_child(_ci_child(root, "segmentations"), "expert")
+    masks = ci_index(((io.strip_nifti_suffix(p.name), p) for p in seg.iterdir()
+                      if p.is_file() and io.is_nifti(p.name)), what=f"masks in {seg}") \
+        if seg is not None and seg.is_dir() else {}
+    info = _ci_child(root, "patient_info_files")
+    jsons = ci_index(((p.name[:-5], p) for p in info.iterdir() if p.name.lower().endswith(".json")),
+                     what=f"records in {info}") if info is not None and info.is_dir() else {}
+    split_path = _ci_child(root, "train_test_splits.csv")
+    splits_raw = read_splits(split_path) if split_path else {}
     if require_splits and not split_path:
         raise FileNotFoundError(f"{root}: train_test_splits.csv not found")
+    splits = {pid.lower(): split for pid, split in splits_raw.items()}
 
     cases = _discover_cases(images, masks, jsons, splits)
-    found = {c.patient_id for c in cases}
-    orphans = sorted(set(splits) - found)
+    found = {c.patient_id.lower() for c in cases}
+    orphans = sorted(pid for pid in splits_raw if pid.lower() not in found)
     if orphans:
         msg = f"{split_path}: {len(orphans)} id(s) in the split file have no images: {orphans[:10]}"
         if strict_split_ids:
             raise ValueError(msg)
         log.warning(msg)
+    broken = [c.patient_id for c in cases if c.record_error]
+    if broken:
+        log.warning("%d case(s) have an unusable patient record (an error when selected or loaded): %s",
+                    len(broken), _ids_text(broken))
     return cases
+
+
+def _ids_text(ids, limit: int = 20) -> str:
+    ids = list(ids)
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
 
 
 # ----------------------------------------------------------------------------- selection
@@ -298,8 +462,8 @@ def select(cases: list[Case], centers=None, phases=None, split: str | None = Non
             raise ValueError(f"split must be train, test or all, got {split!r}")
         out = [c for c in out if c.split == split]
     if ids:
-        want_ids = {i.upper() for i in ids}
-        out = [c for c in out if c.patient_id in want_ids]
+        want_ids = {str(i).lower() for i in ids}
+        out = [c for c in out if c.patient_id.lower() in want_ids]
     if phases:
         kept = []
         for c in out:
@@ -311,7 +475,23 @@ def select(cases: list[Case], centers=None, phases=None, split: str | None = Non
             else:
                 log.warning("%s: lacks phase(s) %s; skipped", c.patient_id, missing)
         out = kept
+    broken = [c for c in out if c.record_error]
+    if broken:
+        raise ValueError(f"{len(broken)} selected case(s) have an unusable patient record: "
+                         + "; ".join(c.record_error for c in broken[:5])
+                         + (f"; and {len(broken) - 5} more" if len(broken) > 5 else ""))
     return out
+
+
+def training_selection(cases: list[Case]) -> tuple[list[Case], dict]:
+    """The cases that can be trained on (those with an expert mask) and a report
+    ``{"kept": n, "without_mask": [ids]}``; the dropped ones are logged as ONE warning line."""
+    kept = [c for c in cases if c.mask_path is not None]
+    dropped = [c.patient_id for c in cases if c.mask_path is None]
+    if dropped:
+        log.warning("%d of %d case(s) have no expert mask and are left out of training: %s",
+                    len(dropped), len(cases), _ids_text(dropped))
+    return kept, {"kept": len(kept), "without_mask": dropped}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -328,6 +508,8 @@ def reference_phase(case: Case, phases=None) -> int:
 def load_image(case: Case, phases=None, nan_policy: str = "raise"):
     """``(C, X, Y, Z)`` float32 of the requested phases on the grid of ``reference_phase``,
     plus spacing and affine."""
+    if case.record_error:
+        raise ValueError(case.record_error)
     phases = list(case.phase_numbers) if phases is None else list(phases)
     paths = [case.phase_path(p) for p in phases]
     ref_phase = reference_phase(case, phases)
@@ -336,19 +518,34 @@ def load_image(case: Case, phases=None, nan_policy: str = "raise"):
     ref_img = io.load_header(case.phase_path(ref_phase))
     arr, _, aff = io.load_phases(paths, reference=0, nan_policy=nan_policy)
     if not io.same_grid(aff, arr.shape[1:], ref_img.affine, ref_img.shape[:3]):
-        arr = np.stack([io.resample_to_grid(a, aff, ref_img.affine, ref_img.shape[:3]) for a in arr])
+        arr = np.stack([io.resample_to_grid(a, aff, ref_img.affine, ref_img.shape[:3], source=path)
+                        for a, path in zip(arr, paths)])
     return arr, io.spacing_from_affine(ref_img.affine), np.asarray(ref_img.affine, float)
 
 
+def binarise_mask(array: np.ndarray, source: str = "<mask>") -> np.ndarray:
+    """uint8 {0,1}: every nonzero voxel is tumour. Expert masks are {0,1}; the official scorer
+    reads them as boolean, so a soft or rescaled mask (all values < 0.5, or {0, 255}) keeps its
+    tumour instead of becoming empty under a 0.5 threshold. Values outside {0,1} are warned
+    about, naming ``source``."""
+    a = np.asarray(array)
+    fg = a != 0
+    if np.any(fg & (a != 1)):
+        log.warning("%s: mask values outside {0, 1} (range %g..%g); every nonzero voxel taken as tumour",
+                    source, float(a.min()), float(a.max()))
+    return fg.astype(np.uint8)
+
+
 def load_mask(case: Case, like_affine=None, like_shape=None) -> np.ndarray:
-    """Expert mask as uint8 {0,1}; its grid must equal the image grid (error naming the file)."""
+    """Expert mask as uint8 {0,1} (see :func:`binarise_mask`); its grid must equal the image grid
+    (error naming the file)."""
     if case.mask_path is None:
         raise FileNotFoundError(f"{case.patient_id}: no expert segmentation found")
     vol = io.load_nifti(case.mask_path, dtype=np.float32)
     if like_affine is not None and not io.same_grid(vol.affine, vol.shape, like_affine, like_shape):
         raise io.ImageError(f"{case.mask_path}: mask grid {vol.shape} differs from the image grid "
                             f"{tuple(like_shape)} of {case.patient_id}")
-    return (vol.array > 0.5).astype(np.uint8)
+    return binarise_mask(vol.array, str(case.mask_path))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -366,7 +563,7 @@ def summary_rows(cases: list[Case], with_images: bool = True) -> list[dict]:
                 spacings.append(sp)
                 if c.mask_path is not None:
                     m = io.load_nifti(c.mask_path).array
-                    vols.append(float((m > 0.5).sum()) * float(np.prod(sp)) / 1000.0)
+                    vols.append(float((m != 0).sum()) * float(np.prod(sp)) / 1000.0)
         pcr = [c.clinical.pcr for c in cs if c.clinical.pcr is not None]
         rows.append(dict(
             center=center, cases=len(cs),
@@ -400,14 +597,18 @@ def summary_table(cases: list[Case], with_images: bool = True) -> str:
 
 def case_from_paths(patient_id: str, phase_paths, record: dict | None = None, mask_path=None) -> Case:
     """A Case from an explicit phase list (index 0 = pre-contrast), as the challenge platform
-    hands them over, with the clinical record parsed like a JSON file on disk."""
+    hands them over, with the clinical record parsed like a JSON file on disk. The id is kept as
+    given (outputs are named after it) and must be usable as a file name (``io.safe_name``)."""
+    pid = io.safe_name(patient_id)
     if not phase_paths:
-        raise ValueError(f"{patient_id}: no DCE-MRI phase paths given")
-    center, clinical, acq, box = (None, Clinical(), Acquisition(), None)
+        raise ValueError(f"{pid}: no DCE-MRI phase paths given")
+    center, clinical, acq, box, error = (None, Clinical(), Acquisition(), None, None)
     if record is not None:
-        center, clinical, acq, box = parse_record(record, f"<record of {patient_id}>")
-    pid = str(patient_id).upper()
-    return Case(patient_id=pid, center=center or center_from_id(pid),
+        try:
+            center, clinical, acq, box = parse_record(record, f"<record of {pid}>")
+        except ValueError as exc:  # raised when the case is loaded, as for a file on disk
+            error = str(exc)
+    return Case(patient_id=pid, center=center or center_from_id(pid), record_error=error,
                 phase_paths=tuple(Path(p) for p in phase_paths),
                 phase_numbers=tuple(range(len(phase_paths))), mask_path=Path(mask_path) if mask_path else None,
                 clinical=clinical, acquisition=acq, breast_box=box)

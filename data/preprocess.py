@@ -19,6 +19,7 @@ faster than spline resampling of the whole volume and agrees with it to a correl
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,9 @@ ANISOTROPY_THRESHOLD = 3.0  # nnU-Net v2: separate z resampling when max/min spa
 # nnU-Net v2 ZScoreNormalization uses max(std, 1e-8); a constant channel would be blown up to
 # noise, so we instead define a constant channel to normalise to all zeros (and warn).
 MIN_STD = 1e-8
+# above this magnitude float32 squares (and sums of squares) lose range; statistics of such
+# channels are taken on a copy scaled by a power of two
+SCALE_ABOVE = 2.0 ** 60
 
 
 @dataclass(frozen=True)
@@ -90,13 +94,23 @@ def zscore(image: np.ndarray, mode: str = "zscore", mask: np.ndarray | None = No
 
     def moments(a: np.ndarray) -> tuple[float, float]:
         # float64 accumulation without float64 copies of the volume: mean, then the sum of
-        # squared deviations of a float32 difference (two passes, numerically like np.std)
+        # squared deviations of a float32 difference (two passes, numerically like np.std).
+        # Squares overflow float32 beyond |x| ~ 1.8e19 (a 2x2 spike of 1e30 made std inf and
+        # the phase zeros), so such input is first scaled by a power of two, which is exact.
         n = max(a.size, 1)
-        m = float(a.mean(dtype=np.float64)) if a.size else 0.0
+        if not a.size:
+            return 0.0, 0.0
+        big = max(abs(float(a.max())), abs(float(a.min())))
+        exp = 0
+        if big > SCALE_ABOVE:
+            exp = int(np.frexp(big)[1])
+            a = a * np.float32(2.0 ** -exp)
+        m = float(a.mean(dtype=np.float64))
         d = np.subtract(a, np.float32(m), dtype=np.float32)
         corr = float(d.sum(dtype=np.float64)) / n           # removes the float32 rounding of m
         np.square(d, out=d)
-        return m + corr, max(float(d.sum(dtype=np.float64)) / n - corr * corr, 0.0) ** 0.5
+        sd = max(float(d.sum(dtype=np.float64)) / n - corr * corr, 0.0) ** 0.5
+        return math.ldexp(m + corr, exp), math.ldexp(sd, exp)
 
     if mode == "zscore_joint":
         parts = [sel(c) for c in image]
@@ -111,6 +125,12 @@ def zscore(image: np.ndarray, mode: str = "zscore", mask: np.ndarray | None = No
         if s < MIN_STD:
             log.warning("channel %d is constant (std %.3g): normalised to zeros", i, s)
             out[i] = 0.0
+        elif max(abs(m), s) > SCALE_ABOVE:
+            # x - m can overflow float32 when both are near its limit: scale, as in moments()
+            e = int(np.frexp(max(abs(m), s))[1])
+            np.multiply(image[i], np.float32(2.0 ** -e), out=out[i], dtype=np.float32)
+            out[i] -= np.float32(math.ldexp(m, -e))
+            out[i] /= np.float32(math.ldexp(s, -e))
         else:
             out[i] = (image[i] - m) / s
     return out

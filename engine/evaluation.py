@@ -132,9 +132,10 @@ class GridMismatch(ValueError):
 
 
 def prediction_files(folder: Path) -> dict[str, Path]:
-    """Prediction files by upper-case id (the match is case-insensitive)."""
-    return {io.strip_nifti_suffix(p.name).upper(): p for p in folder.iterdir()
-            if p.is_file() and io.is_nifti(p.name)}
+    """Prediction files by lower-case id (matched case-insensitively; two files whose names
+    differ only in case are an error naming both)."""
+    return mamamia.ci_index(((io.strip_nifti_suffix(p.name), p) for p in folder.iterdir()
+                             if p.is_file() and io.is_nifti(p.name)), what=str(folder))
 
 
 def load_pair(case: mamamia.Case, pred_path: Path | None, resample: bool):
@@ -192,12 +193,12 @@ def score_segmentation(args: EvalOptions, cases, pred_dir: Path, out: Path, show
     files = prediction_files(seg_dir)
     scored = [c for c in cases if c.mask_path is not None]
     no_mask = [c.patient_id for c in cases if c.mask_path is None]
-    missing = [c.patient_id for c in scored if c.patient_id.upper() not in files]
-    unused = sorted(set(files) - {c.patient_id.upper() for c in cases})
+    missing = [c.patient_id for c in scored if c.patient_id.lower() not in files]
+    unused = sorted(set(files) - {c.patient_id.lower() for c in cases})
 
     def work(case):
         try:
-            return score_case(case, files.get(case.patient_id.upper()), args.hd_units, args.resample_pred)
+            return score_case(case, files.get(case.patient_id.lower()), args.hd_units, args.resample_pred)
         except (OSError, ValueError) as exc:  # an unreadable expert mask: this case cannot be scored
             return exc
 
@@ -281,7 +282,7 @@ def seg_plots(recs, cases, files, folder: Path, shown, resample: bool) -> list[s
     for label, r in picks.items():
         case = by_id[r["patient_id"]]
         try:
-            gt, pred, spacing, affine, _, _ = load_pair(case, files.get(case.patient_id.upper()), resample)
+            gt, pred, spacing, affine, _, _ = load_pair(case, files.get(case.patient_id.lower()), resample)
             img = io.load_nifti(case.phase_path(mamamia.reference_phase(case)))
             arr = img.array if io.same_grid(img.affine, img.shape, affine, gt.shape) else \
                 io.resample_to_grid(img.array, img.affine, affine, gt.shape, order=1)
@@ -318,7 +319,8 @@ def format_seg(summary, overall, shown, args) -> str:
 # ----------------------------------------------------------------------------- pCR
 
 def read_pcr_predictions(path: Path) -> dict[str, tuple[int, float]]:
-    """``predictions.csv`` -> {PATIENT_ID: (pcr 0/1, score in [0, 1])}; errors name the line."""
+    """``predictions.csv`` -> {patient id in lower case: (pcr 0/1, score in [0, 1])} (ids are
+    matched case-insensitively); errors name the line."""
     if not path.is_file():
         raise UserError(f"{path}: predictions.csv not found (infer.py --pcr writes it)")
     with open(path, newline="") as fh:
@@ -329,7 +331,7 @@ def read_pcr_predictions(path: Path) -> dict[str, tuple[int, float]]:
             raise UserError(f"{path}: missing column(s) {lacking}; found {reader.fieldnames}")
         out = {}
         for line, row in enumerate(reader, start=2):
-            pid = (row[cols["patient_id"]] or "").strip().upper()
+            pid = (row[cols["patient_id"]] or "").strip().lower()
             try:
                 pcr, score = float(row[cols["pcr"]]), float(row[cols["score"]])
             except (TypeError, ValueError):
@@ -358,8 +360,8 @@ def pcr_group_rows(rows, key: str) -> list[dict[str, Any]]:
 def score_pcr(args: EvalOptions, cases, pred_dir: Path, out: Path, shown: list[str], echo=print) -> int:
     """Task 2 over ``cases``; returns the exit code."""
     preds = read_pcr_predictions(pred_dir / "predictions.csv")
-    ids = {c.patient_id for c in cases}
-    missing = [c.patient_id for c in cases if c.patient_id not in preds]
+    ids = {c.patient_id.lower() for c in cases}
+    missing = [c.patient_id for c in cases if c.patient_id.lower() not in preds]
     no_truth = [c.patient_id for c in cases if c.clinical.pcr is None]
     if missing:
         warn(f"{len(missing)} case(s) missing from predictions.csv, counted as pcr 0 score 0: {missing}")
@@ -369,10 +371,10 @@ def score_pcr(args: EvalOptions, cases, pred_dir: Path, out: Path, shown: list[s
         raise UserError("no case to score in this split")
     rows = []
     for c in cases:
-        pcr, score = preds.get(c.patient_id, (0, 0.0))
+        pcr, score = preds.get(c.patient_id.lower(), (0, 0.0))
         rows.append({**case_info(c), "pcr_true": c.clinical.pcr, "pcr_true_used": c.clinical.pcr or 0,
                      "pcr_pred": pcr, "score": score,
-                     "prediction": "ok" if c.patient_id in preds else "missing"})
+                     "prediction": "ok" if c.patient_id.lower() in preds else "missing"})
     t, p, s = ([r[k] for r in rows] for k in ("pcr_true_used", "pcr_pred", "score"))
     groups = {v: [r[f"group_{v}"] for r in rows] for v in fair.FAIRNESS_VARIABLES}
     scores = fair.pcr_scores(t, p, groups, score=s)

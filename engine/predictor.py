@@ -135,8 +135,9 @@ def box_on_preprocessed(box, meta) -> tuple[slice, slice, slice]:
 
 def postprocess(prob: np.ndarray, case: mamamia.Case, lcc: bool, breast_box: bool) -> np.ndarray:
     mask = (prob > 0.5).astype(np.uint8)
-    if breast_box and case.breast_box is not None:
-        mask = mask_to_box(mask, case.breast_box)
+    box = mamamia.case_breast_box(case, mask.shape) if breast_box else None
+    if box is not None:
+        mask = mask_to_box(mask, box)
     if lcc:
         mask = largest_component(mask)
     return mask.astype(np.uint8)
@@ -165,8 +166,9 @@ class Predictor:
         x = torch.from_numpy(img)
         body = body_mask(img) if s.skip_air else None
         box = body_box(img, mask=body) if body is not None else None
-        if s.restrict_box and case.breast_box is not None:
-            box = intersect(box, box_on_preprocessed(case.breast_box, meta))
+        breast = mamamia.case_breast_box(case, meta.original_shape) if s.restrict_box else None
+        if breast is not None:
+            box = intersect(box, box_on_preprocessed(breast, meta))
         total = None
         logits = s.average == "logits"
         for m in self.members:
@@ -199,10 +201,10 @@ class Predictor:
         def write(case, mask, prob):
             ref = reference_header(case, self.plan.channels)
             protected = list(case.phase_paths) + ([case.mask_path] if case.mask_path else [])
-            io.save_nifti(seg_dir / f"{case.patient_id}.nii.gz", mask, ref.affine, dtype=np.uint8,
+            io.save_nifti(seg_dir / f"{io.safe_name(case.patient_id)}.nii.gz", mask, ref.affine, dtype=np.uint8,
                           reference=ref, overwrite=overwrite, protected=protected)
             if prob is not None:
-                io.save_nifti(prob_dir / f"{case.patient_id}.nii.gz", prob.astype(np.float32), ref.affine,
+                io.save_nifti(prob_dir / f"{io.safe_name(case.patient_id)}.nii.gz", prob.astype(np.float32), ref.affine,
                               reference=ref, overwrite=overwrite, protected=protected)
 
         bar = None

@@ -280,10 +280,7 @@ def select_cases(prep: Prepared):
     has_split = any(c.split for c in cases)
     cases = mamamia.select(cases, centers=prep.data.centers, phases=list(prep.data.phases),
                            split="train" if has_split else None)
-    without = [c.patient_id for c in cases if c.mask_path is None]
-    if without:
-        log.warning("%d training case(s) without an expert mask left out: %s", len(without), without[:20])
-    cases = [c for c in cases if c.mask_path is not None]
+    cases, _ = mamamia.training_selection(cases)   # one summary line for cases without a mask
     if prep.data.max_cases is not None:
         n_all = len(cases)
         cases = draw_cases(cases, prep.data.max_cases, prep.data.sample_seed)

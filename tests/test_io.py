@@ -1,5 +1,8 @@
+import errno
 import gzip
 import logging
+import os
+import stat
 
 import nibabel as nib
 import numpy as np
@@ -137,3 +140,75 @@ def test_save_copies_reference_header_geometry(tmp_path):
     np.testing.assert_allclose(o.affine, ref.affine, atol=1e-6)
     assert int(o.header["sform_code"]) == 2
     assert o.header.get_zooms() == pytest.approx(ref.header.get_zooms())
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o027
+    os.umask(old)
+
+
+def test_atomic_writes_follow_the_umask(tmp_path, umask_027):
+    assert io.current_umask() == 0o027
+    want = 0o666 & ~0o027  # 0o640, what open() would create; mkstemp alone gives 0o600
+    a = io.atomic_write_bytes(tmp_path / "a.bin", b"xy")
+    b = io.atomic_write_text(tmp_path / "b.txt", "hé")
+    c = io.atomic_write_bytes(tmp_path / "c.bin", lambda fh: fh.write(b"cb"))
+    d = io.save_nifti(tmp_path / "d.nii.gz", np.ones((2, 2, 2)), np.eye(4), dtype=np.uint8)
+    for p in (a, b, c, d):
+        assert stat.S_IMODE(p.stat().st_mode) == want, p
+    assert a.read_bytes() == b"xy" and b.read_text("utf-8") == "hé" and c.read_bytes() == b"cb"
+
+
+def test_atomic_write_failure_removes_temporary_and_names_path(tmp_path):
+    target = tmp_path / "out" / "x.json"
+
+    def full_disk(fh):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as info:
+        io.atomic_write_bytes(target, full_disk)
+    assert info.value.errno == errno.ENOSPC and str(target) in str(info.value)
+    assert "Errno 28" in str(info.value)
+    assert list(target.parent.iterdir()) == []  # neither target nor temporary left
+
+    def broken(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("encoder bug")
+
+    with pytest.raises(RuntimeError):
+        io.atomic_write(target, broken)
+    assert list(target.parent.iterdir()) == []
+    # the writer callback gets a temporary whose name keeps the target's suffix
+    seen = []
+    io.atomic_write(tmp_path / "m.nii.gz", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"")))
+    assert seen[0].endswith(".nii.gz") and seen[0].startswith(".m.nii.gz.")
+
+
+@pytest.mark.parametrize("bad", ["", "  ", "../x", "a/b", "a\\b", "..", "x\0y", "DUKE_001/..", None])
+def test_safe_name_rejects_ids_that_are_not_file_names(bad):
+    with pytest.raises(ValueError, match="patient id"):
+        io.safe_name(bad)
+
+
+def test_safe_name_keeps_good_ids():
+    for pid in ("DUKE_001", "duke_001", "ISPY1_1001", "NACT_01.v2"):
+        assert io.safe_name(pid) == pid
+
+
+def test_phase_outside_the_reference_grid_is_an_error(tmp_path):
+    base = np.ones((6, 6, 6), np.float32)
+    far = np.eye(4)
+    far[0, 3] = 100.0  # 100 voxels away: no voxel in common
+    p0 = _write(tmp_path / "y_0000.nii.gz", base)
+    p1 = _write(tmp_path / "y_0001.nii.gz", base * 2, far)
+    with pytest.raises(io.ImageError, match="y_0001.nii.gz.*does not overlap"):
+        io.load_phases([p0, p1], reference=0)
+    with pytest.raises(io.ImageError, match="src.nii"):
+        io.resample_to_grid(base, far, np.eye(4), (6, 6, 6), source="src.nii")
+    near = np.eye(4)
+    near[0, 3] = 5.0  # one voxel layer in common: still resampled
+    assert io.grids_overlap(near, (6, 6, 6), np.eye(4), (6, 6, 6))
+    assert not io.grids_overlap(far, (6, 6, 6), np.eye(4), (6, 6, 6))

@@ -96,3 +96,18 @@ def test_cuda_loader_augments_on_the_gpu():
     batches = _take(BatchLoader(_sampler(), PATCH, seed=1, device="cuda"), 3)
     assert all(b["image"].is_cuda and b["label"].is_cuda for b in batches)
     assert batches[0]["image"].shape == (2, 2, *PATCH)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    return _take(BatchLoader(_sampler(), PATCH, seed=7, num_workers=1), 8)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_resume_at_every_offset_continues_the_stream(uninterrupted, backend, workers):
+    for start in range(6):  # every start offset modulo 2 and 3
+        resumed = _take(BatchLoader(_sampler(), PATCH, seed=7, num_workers=workers, backend=backend,
+                                    start=start, prefetch=1), 2)
+        assert [b["index"] for b in resumed] == [start, start + 1]
+        assert _same(resumed, uninterrupted[start:start + 2]), (backend, workers, start)

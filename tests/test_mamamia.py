@@ -90,7 +90,8 @@ def test_menopause_official_grouping(raw, group):
 def test_split_csv_padding_and_case(tmp_path):
     p = tmp_path / "s.csv"
     p.write_text("train_split,test_split\na_1,b_2\n c_3 ,\nd_4,nan\n,\n")
-    assert mamamia.read_splits(p) == {"A_1": "train", "B_2": "test", "C_3": "train", "D_4": "train"}
+    # ids as written (the scorer opens f"{patient_id}.nii.gz"), matched case-insensitively later
+    assert mamamia.read_splits(p) == {"a_1": "train", "b_2": "test", "c_3": "train", "d_4": "train"}
     q = tmp_path / "bad.csv"
     q.write_text("train,test\na,b\n")
     with pytest.raises(ValueError, match="train_split"):
@@ -105,10 +106,14 @@ def test_orphan_split_id_is_an_error(root):
     assert len(cases) == 3
 
 
-def test_invalid_json_names_file(root):
+def test_invalid_json_names_file_when_the_case_is_used(root):
     (root / "patient_info_files" / "duke_001.json").write_text("{not json")
+    cases = mamamia.load_dataset(root)  # a broken record of an unused case must not stop a run
+    assert [c.patient_id for c in mamamia.select(cases, ids=["NACT_01"])] == ["NACT_01"]
     with pytest.raises(ValueError, match="duke_001.json"):
-        mamamia.load_dataset(root)
+        mamamia.select(cases)
+    with pytest.raises(ValueError, match="duke_001.json"):
+        mamamia.load_image(cases[0])
 
 
 def test_not_a_dataset(tmp_path):
@@ -182,3 +187,145 @@ def test_summary_table_lists_centers(root):
     assert lines["DUKE"].split()[1:5] == ["1", "1/0", "3:1", "1x1x1"]
     assert lines["all"].split()[1:3] == ["3", "2/1"]
     assert lines["ISPY1"].split()[3] == "2:1"
+
+
+# ----------------------------------------------------------------------------- ids keep their case
+
+def test_ids_keep_their_spelling_and_match_files_case_insensitively(root):
+    shape = (6, 7, 8)
+    for k in range(2):
+        _nii(root / "images" / "duke_003" / f"DUKE_003_000{k}.nii.gz", np.zeros(shape, np.int16))
+    _nii(root / "segmentations" / "expert" / "DUKE_003.nii.gz", np.zeros(shape, np.uint8))
+    (root / "patient_info_files" / "Duke_003.json").write_text(json.dumps({"patient_id": "DUKE_003"}))
+    (root / "train_test_splits.csv").write_text(
+        "train_split,test_split\nDUKE_001,nact_01\nISPY1_1001,DUKE_003\n")
+    cases = {c.patient_id: c for c in mamamia.load_dataset(root)}
+    assert sorted(cases) == ["DUKE_001", "ISPY1_1001", "NACT_01", "duke_003"]
+    d = cases["duke_003"]
+    assert d.center == "DUKE" and d.split == "test"
+    assert d.mask_path.name == "DUKE_003.nii.gz" and d.json_path.name == "Duke_003.json"
+    assert [c.patient_id for c in mamamia.select(list(cases.values()), ids=["DUKE_003"])] == ["duke_003"]
+    assert mamamia.center_from_id("duke_003") == "DUKE"
+    c = mamamia.case_from_paths("duke_007", ["a", "b"])
+    assert c.patient_id == "duke_007" and c.center == "DUKE"
+
+
+@pytest.mark.parametrize("kind", ["folder", "mask", "json"])
+def test_ids_differing_only_in_case_are_an_error_naming_both(root, kind):
+    shape = (6, 7, 8)
+    if kind == "folder":
+        _nii(root / "images" / "duke_001" / "duke_001_0000.nii.gz", np.zeros(shape, np.int16))
+        a, b = root / "images" / "DUKE_001", root / "images" / "duke_001"
+    elif kind == "mask":
+        _nii(root / "segmentations" / "expert" / "DUKE_001.nii.gz", np.zeros(shape, np.uint8))
+        a, b = root / "segmentations" / "expert" / "DUKE_001.nii.gz", root / "segmentations" / "expert" / "duke_001.nii.gz"
+    else:
+        (root / "patient_info_files" / "DUKE_001.json").write_text(json.dumps(_record("DUKE_001")))
+        a, b = root / "patient_info_files" / "DUKE_001.json", root / "patient_info_files" / "duke_001.json"
+    with pytest.raises(ValueError) as info:
+        mamamia.load_dataset(root)
+    assert str(a) in str(info.value) and str(b) in str(info.value)
+
+
+def test_split_rows_differing_in_case_or_in_both_columns_are_errors(root):
+    p = root / "train_test_splits.csv"
+    p.write_text("train_split,test_split\nDUKE_001,duke_001\n")
+    with pytest.raises(ValueError, match="DUKE_001"):
+        mamamia.load_dataset(root)
+    p.write_text("train_split,test_split\nDUKE_001,NACT_01\nISPY1_1001,DUKE_001\n")
+    with pytest.raises(ValueError, match=r"both train_split and test_split.*DUKE_001"):
+        mamamia.load_dataset(root)
+
+
+def test_case_from_paths_rejects_ids_that_are_not_file_names():
+    for bad in ("../../etc/x", "a/b", "", "x\0"):
+        with pytest.raises(ValueError, match="patient id"):
+            mamamia.case_from_paths(bad, ["a"])
+
+
+# ----------------------------------------------------------------------------- JSON values
+
+def _box(**kw):
+    coords = {"x_min": 1, "x_max": 5, "y_min": 0, "y_max": 3, "z_min": 2, "z_max": 4}
+    coords.update(kw)
+    return {"breast_coordinates": coords}
+
+
+def test_breast_box_negative_clamped_inverted_ignored(caplog):
+    with caplog.at_level(logging.WARNING):
+        box = mamamia.breast_box_from_json(_box(x_min=-5)["breast_coordinates"], "p.json")
+    # x indexes our axis 2: -5 would wrap around in numpy; clamped to 0
+    assert box == (slice(2, 4), slice(0, 3), slice(0, 5))
+    assert "p.json" in caplog.text and "x_min" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert mamamia.breast_box_from_json(_box(y_min=3, y_max=1)["breast_coordinates"], "q.json") is None
+    assert "q.json" in caplog.text and "y_min" in caplog.text
+    assert mamamia.breast_box_from_json(_box(z_max="big")["breast_coordinates"], "r.json") is None
+
+
+def test_validate_box_against_the_image_shape(caplog):
+    box = (slice(2, 4), slice(0, 3), slice(1, 5))
+    assert mamamia.validate_box(box, (6, 7, 8), "s.json") == box
+    with caplog.at_level(logging.WARNING):
+        assert mamamia.validate_box((slice(2, 40), slice(0, 3), slice(1, 5)), (6, 7, 8), "s.json") == \
+            (slice(2, 6), slice(0, 3), slice(1, 5))
+    assert "s.json" in caplog.text and "z_max" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # entirely outside: no box rather than an empty mask
+        assert mamamia.validate_box((slice(2, 4), slice(9, 12), slice(1, 5)), (6, 7, 8), "t.json") is None
+    assert "t.json" in caplog.text and "y" in caplog.text
+    case = mamamia.case_from_paths("DUKE_001", ["a"], {"primary_lesion": _box(x_max=50)})
+    assert mamamia.case_breast_box(case, (3, 6, 7, 8)) == (slice(2, 4), slice(0, 3), slice(1, 8))
+
+
+def test_record_value_checks(caplog):
+    with caplog.at_level(logging.WARNING):
+        _, clin, acq, _ = mamamia.parse_record(
+            {"clinical_data": {"age": "forty"}, "imaging_data": {"acquisition_times": [0, 90, 60]}}, "u.json")
+    assert clin.age is None and acq.acquisition_times is None
+    assert "u.json" in caplog.text and "age" in caplog.text and "acquisition_times" in caplog.text
+    _, clin, acq, _ = mamamia.parse_record(
+        {"clinical_data": {"age": 51}, "imaging_data": {"acquisition_times": [0, 60.5, 121]},
+         "primary_lesion": {"pcr": 0}}, "v.json")
+    assert clin.age == 51 and acq.acquisition_times == (0.0, 60.5, 121.0) and clin.pcr == 0
+    for bad in (2, "yes", True, 0.5):
+        with pytest.raises(ValueError, match=r"w.json.*pcr"):
+            mamamia.parse_record({"primary_lesion": {"pcr": bad}}, "w.json")
+    assert mamamia.parse_record({"primary_lesion": {"pcr": None}}, "w.json")[1].pcr is None
+
+
+def test_bad_pcr_raises_only_when_that_case_is_selected(root):
+    (root / "patient_info_files" / "nact_01.json").write_text(
+        json.dumps({"primary_lesion": {"pcr": 7}}))
+    cases = mamamia.load_dataset(root)
+    assert [c.patient_id for c in mamamia.select(cases, centers=["DUKE"])] == ["DUKE_001"]
+    with pytest.raises(ValueError, match=r"nact_01.json.*pcr"):
+        mamamia.select(cases, split="test")
+
+
+# ----------------------------------------------------------------------------- quiet drops
+
+def test_training_selection_one_summary_line(root, caplog):
+    cases = mamamia.load_dataset(root)
+    with caplog.at_level(logging.WARNING, logger="data.mamamia"):
+        kept, report = mamamia.training_selection(cases)
+    assert [c.patient_id for c in kept] == ["DUKE_001", "NACT_01"]
+    assert report == {"kept": 2, "without_mask": ["ISPY1_1001"]}
+    lines = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 1 and "1 of 3" in lines[0].getMessage() and "ISPY1_1001" in lines[0].getMessage()
+
+
+def test_soft_mask_is_not_tumour_free(root, caplog):
+    case = [c for c in mamamia.load_dataset(root) if c.patient_id == "DUKE_001"][0]
+    soft = np.zeros((6, 7, 8), np.float32)
+    soft[1:3, 1:3, 1:3] = 0.3  # every value < 0.5: a 0.5 threshold would empty it
+    _nii(case.mask_path, soft)
+    with caplog.at_level(logging.WARNING):
+        m = mamamia.load_mask(case)
+    assert m.dtype == np.uint8 and m.sum() == 8 and set(np.unique(m)) == {0, 1}
+    assert "duke_001.nii.gz" in caplog.text and "outside {0, 1}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert mamamia.binarise_mask(np.array([0, 1, 1], np.uint8)).tolist() == [0, 1, 1]
+    assert caplog.text == ""

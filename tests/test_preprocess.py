@@ -199,3 +199,41 @@ def test_spline_resampling_matches_scipy_zoom_and_keeps_smooth_signals():
     np.testing.assert_array_equal(sep[:, :, 0], sep[:, :, 1])  # z by nearest: slices repeat
     with pytest.raises(ValueError, match="spline"):
         pp.resample(img[None], (30, 27, 15), method="quadratic")
+
+
+def _ref_zscore(img, joint=False, mask=None):
+    x = img.astype(np.float64)
+    if joint:
+        v = x[:, mask] if mask is not None else x
+        return ((x - v.mean()) / v.std()).astype(np.float32)
+    out = np.empty_like(x)
+    for c in range(x.shape[0]):
+        v = x[c][mask] if mask is not None else x[c]
+        out[c] = (x[c] - v.mean()) / v.std()
+    return out.astype(np.float32)
+
+
+@pytest.mark.parametrize("joint", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 1e25, 1e36])
+def test_zscore_matches_float64_reference_at_any_magnitude(joint, scale):
+    rng = np.random.default_rng(3)
+    base = np.stack([rng.normal(10, 2, (10, 9, 8)), rng.normal(50, 5, (10, 9, 8))])
+    img = (base * scale).astype(np.float32)
+    mask = np.zeros((10, 9, 8), bool)
+    mask[2:8] = True
+    for m in (None, mask):
+        z = pp.zscore(img, "zscore_joint" if joint else "zscore", m)
+        assert np.isfinite(z).all()
+        np.testing.assert_allclose(z, _ref_zscore(img, joint, m), rtol=2e-5, atol=2e-5)
+
+
+def test_zscore_survives_a_1e30_spike():
+    rng = np.random.default_rng(4)
+    img = rng.normal(100, 10, (1, 16, 16, 8)).astype(np.float32)
+    img[0, 3:5, 3:5, 4] = 1e30  # a 2x2 spike: squares overflow float32, the phase became zeros
+    for mode in ("zscore", "zscore_joint"):
+        z = pp.zscore(img, mode)
+        assert np.isfinite(z).all() and z.std() > 0.5
+        np.testing.assert_allclose(z, _ref_zscore(img), rtol=1e-5, atol=1e-5)
+        # spike voxels are ~sqrt(N/4) standard deviations above the rest
+        assert z[0, 3, 3, 4] == pytest.approx(np.sqrt(16 * 16 * 8 / 4 - 1), rel=1e-3)
