@@ -354,3 +354,33 @@ def test_cuda_inference_matches_cpu(trained):
         a = np.asarray(nib.load(f).dataobj)
         b = np.asarray(nib.load(outs["cuda"] / "pred_segmentations" / f.name).dataobj)
         assert a.shape == b.shape and np.sum(a != b) <= 0.01 * max(1, a.sum() + b.sum()), f.name
+
+
+def test_outputs_keep_ids_as_given_and_refuse_ids_that_escape(trained, tmp_path):
+    """The official scorer opens f"{patient_id}.nii.gz": a lower-case case folder gives a
+    lower-case output name; a platform id with a path in it is refused, nothing written."""
+    import submission
+    tmp, ds = trained
+    lower = tmp_path / "lower"
+    shutil.copytree(ds, lower)
+    (lower / "images" / "DUKE_001").rename(lower / "images" / "duke_001")
+    out = tmp_path / "pred"
+    assert infer.main(["--runs", "r1", "--runs-dir", str(tmp / "runs"), "--data", str(lower), "--split", "all",
+                       "--output", str(out), "--no-tta", "-q"]) == 0
+    names = sorted(p.name for p in (out / "pred_segmentations").glob("*.nii.gz"))
+    assert "duke_001.nii.gz" in names and "DUKE_001.nii.gz" not in names and len(names) == 6
+
+    class Hostile(StandInDataset):
+        def get_patient_id_list(self):
+            return ["../../../escaped"]
+
+        def get_dce_mri_path_list(self, pid):
+            return super().get_dce_mri_path_list("DUKE_000")
+
+        def read_json_file(self, pid):
+            return super().read_json_file("DUKE_000")
+
+    model = submission.Model(Hostile(ds), runs_dir=tmp / "runs", runs=["r1"], tta_axes=())
+    with pytest.raises(ValueError, match="escaped"):
+        model.predict_segmentation(tmp_path / "a" / "b" / "sub")
+    assert not list(tmp_path.rglob("escaped*"))
