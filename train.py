@@ -32,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("seg", "pcr"), default="seg", help="segmentation (default) or pCR")
     g = p.add_argument_group("network and recipe (default: inherited with --upkern-from / --resume)")
+    g.add_argument("--recipe", help="a paper's procedure as presets: seed_a (Adam 1e-4, batch Dice, 1000 "
+                   "epochs with early stopping, elastic deformation) or seed_b (SGD + cosine, Dice-CE, 250 "
+                   "epochs); explicit flags win, and what it sets is printed")
     g.add_argument("--arch", choices=nets.names(), help="network (default unet)")
     g.add_argument("--size", help="MedNeXt size S, B, M or L (default: the plan's)")
     g.add_argument("--kernel", type=int, help="MedNeXt kernel size, odd (default: the plan's, 3)")
@@ -122,6 +125,9 @@ def train_seg(args) -> int:
     from engine import setup
     fields = {f for f in setup.TrainRequest.__dataclass_fields__}
     req = setup.TrainRequest(**{k: v for k, v in vars(args).items() if k in fields})
+    preset = setup.apply_recipe(req)
+    if preset:
+        print(f"recipe {req.recipe}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in preset.items()))
     setup.check_flags(req)                            # before torch is even imported
     device = None
     device_type = "cuda" if (args.device or "").startswith("cuda") else "cpu"

@@ -27,8 +27,8 @@ from pathlib import Path
 from core import plan as planlib
 from core.config import FULL_FOLD, DataSelection, NetSpec, TrainConfig
 from core.errors import UserError
-from engine.flags import (DESCRIPTION, FOLD_FLAGS, N_FOLDS, PLAN_FLAGS, SPLIT_SEED, TrainRequest,  # noqa: F401
-                          check_flags, effective, given, parse_folds)
+from engine.flags import (FOLD_FLAGS, N_FOLDS, PLAN_FLAGS, SPLIT_SEED, TrainRequest,  # noqa: F401
+                          apply_recipe, check_flags, effective, given, parse_folds)
 from engine.runs import RunDir, dataset_root
 
 log = logging.getLogger(__name__)

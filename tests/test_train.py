@@ -398,3 +398,19 @@ def test_cross_validation_summary_matches_eval(ds, tmp_path, capsys):
     assert rows[0][:3] == ["fold", "n", "dice"] and rows[-2][0] == "mean" and rows[-1][0] == "sd"
     # the command that rebuilds it
     assert ev.main(["--cv", "cv", "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 0
+
+
+def test_recipes_fill_only_what_is_not_given():
+    from core.errors import UserError
+    from engine.flags import RECIPES, TrainRequest, apply_recipe
+    req = TrainRequest(recipe="seed_b", epochs=3, arch="mednext")
+    set_ = apply_recipe(req)
+    assert req.epochs == 3 and "epochs" not in set_                     # explicit flags win
+    assert (req.optimizer, req.schedule, req.loss) == ("sgd", "cosine", "dice_ce") == \
+        tuple(RECIPES["seed_b"][k] for k in ("optimizer", "schedule", "loss"))
+    req = TrainRequest(recipe="seed_a")
+    apply_recipe(req)
+    assert (req.optimizer, req.loss, req.epochs, req.early_stop, req.augment) == \
+        ("adam", "batch_dice", 1000, 50, "seed_a")
+    with pytest.raises(UserError, match="--recipe"):
+        apply_recipe(TrainRequest(recipe="seed_c"))
