@@ -92,7 +92,7 @@ def cross_validation_summary(run: RunDir, device=None, tta_axes=(), progress: bo
                "official": {"raw": summaries["raw"]["official"], "lcc": summaries["lcc"]["official"]},
                "per_center": {"raw": summaries["raw"]["per_center"], "lcc": summaries["lcc"]["per_center"]},
                "oof": {"raw": str(raw_dir), "lcc": str(lcc_dir)}, "tta_axes": list(tta_axes)}
-    atomic_write(run.path / "cv_summary.json", json.dumps(ev._jsonable(summary), indent=1))
+    atomic_write(run.path / "cv_summary.json", json.dumps(ev.jsonable(summary), indent=1))
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     keys = ["fold", "n", "dice", "dice_lcc", "norm_hd", "norm_hd_lcc"]
