@@ -40,8 +40,6 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +51,7 @@ from data.phantom_cases import (ANAT_SCALE, B0, B_SUBTYPE, BPE_KTRANS, CURVE_P, 
 from data.phantom_centers import CENTERS, Center, allocate_centers, patient_ids  # noqa: F401
 from data.phantom_checks import (NAIVE_QUANTILES, NAIVE_VALUES, _dice,  # noqa: F401
                                  dataset_subtractions, naive_threshold_dice, save_preview)
+from data.workers import process_map
 from data.phantom_writer import (LATENTS_CSV, MANIFEST, PHANTOM_VERSION, REPO_ROOT,  # noqa: F401
                                  STAT_KEYS, _csv_text, cache_dir, case_record, is_cached, make_splits,
                                  read_manifest, write_case)
@@ -132,26 +131,9 @@ def generate_dataset(out, cases: int = 40, seed: int = 0, scale: str = "small", 
 
 
 def _run_jobs(jobs, workers, progress) -> list[dict]:
-    from tqdm import tqdm
-
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    bar = tqdm(total=len(jobs), desc="phantom", unit="case", disable=not progress, file=sys.stderr)
-    rows = []
-    try:
-        if workers <= 1 or len(jobs) <= 1:
-            for j in jobs:
-                rows.append(_task(j))
-                bar.update()
-        else:
-            # spawn: the parent may hold threads (torch); cases are independent and seeded
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
-                futures = [ex.submit(_task, j) for j in jobs]
-                for f in as_completed(futures):
-                    rows.append(f.result())
-                    bar.update()
-    finally:
-        bar.close()
-    return rows
+    # spawn: the parent may hold threads (torch); cases are independent and seeded
+    return process_map(_task, jobs, workers, "phantom", progress, context="spawn", ordered=False)
 
 
 def default_dataset(scale: str = "small", cases: int = 40, seed: int = 0, workers: int | None = None,

@@ -51,9 +51,7 @@ import hashlib
 import logging
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +59,7 @@ from scipy import ndimage
 
 from core import plan as planlib
 from data import io, mamamia
+from data.workers import process_map
 
 log = logging.getLogger(__name__)
 
@@ -345,23 +344,8 @@ def extract_features(cases: list, masks: dict, mask_source: str, cfg: RadiomicsC
 
 
 def _map(fn, items, workers, progress):
-    from tqdm import tqdm
-    bar = tqdm(total=len(items), desc="radiomics", unit="case", disable=not progress, dynamic_ncols=True)
-    out = []
-    try:
-        if workers <= 1 or len(items) <= 1:
-            for it in items:
-                out.append(fn(it))
-                bar.update()
-        else:
-            # spawn: the caller may hold torch threads, which do not survive a fork safely
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
-                for r in ex.map(fn, items):
-                    out.append(r)
-                    bar.update()
-    finally:
-        bar.close()
-    return out
+    # spawn: the caller may hold torch threads, which do not survive a fork safely
+    return process_map(fn, items, workers, "radiomics", progress, context="spawn")
 
 
 # ----------------------------------------------------------------------------- pCR inputs
