@@ -198,3 +198,84 @@ class SNNClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return (self.decision_function(X) > 0).astype(int)
+
+
+# ----------------------------------------------------------------------------- plain state
+
+# parameter -> accepted JSON types (model files: nets/pcr_file.py); hidden is checked on its own
+_PARAM_TYPES = {"dropout": (int, float), "epochs": (int,), "lr": (int, float), "weight_decay": (int, float),
+                "pos_weight": (str, int, float, type(None)), "n_models": (int,), "early_stopping": (bool,),
+                "validation_fraction": (int, float), "seed": (int,)}
+
+
+def classifier_state(clf: SNNClassifier) -> tuple[dict, dict[str, np.ndarray]]:
+    """A fitted :class:`SNNClassifier` as plain state: its parameters and input width (JSON
+    values) and every network's weights as float32 arrays named ``<model>.<state_dict key>``."""
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in clf.get_params().items()}
+    params["hidden"] = [int(h) for h in params["hidden"]]
+    meta = {"params": params, "n_features": int(clf.n_features_in_), "n_models": len(clf.models_),
+            "best_epochs": int(clf.best_epochs_)}
+    arrays = {f"{m}.{k}": v.detach().cpu().numpy().astype(np.float32)
+              for m, net in enumerate(clf.models_) for k, v in net.state_dict().items()}
+    return meta, arrays
+
+
+def _shapes(n_features: int, hidden: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """``SNN(n_features, hidden).state_dict()`` key -> shape, without building the network."""
+    sizes = [n_features, *hidden]
+    out = {}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        out[f"blocks.{i}.0.weight"], out[f"blocks.{i}.0.bias"] = (b, a), (b,)
+    out["head.weight"], out["head.bias"] = (1, sizes[-1]), (1,)
+    return out
+
+
+def classifier_from_state(meta, arrays) -> SNNClassifier:
+    """Rebuild :func:`classifier_state`'s classifier (networks in eval mode, same logits); raises
+    ValueError naming the field or array when the state is ill-formed."""
+    if not isinstance(meta, dict) or set(meta) != {"params", "n_features", "n_models", "best_epochs"}:
+        raise ValueError(f"SNN state must hold params, n_features, n_models and best_epochs, got "
+                         f"{sorted(meta) if isinstance(meta, dict) else type(meta).__name__}")
+    params, n_features, n_models = meta["params"], meta["n_features"], meta["n_models"]
+    known = SNNClassifier().get_params()
+    if not isinstance(params, dict) or set(params) - set(known):
+        raise ValueError(f"SNN params must be a mapping of {sorted(known)}, got {params!r:.100}")
+    for k, v in params.items():
+        allowed = _PARAM_TYPES.get(k, ())
+        if k != "hidden" and (not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed)):
+            raise ValueError(f"SNN params.{k} has the wrong type: {v!r:.60}")
+    hidden = params.get("hidden", list(known["hidden"]))
+
+    def count(v, low=1):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not (count(n_features) and count(n_models) and count(meta["best_epochs"], 0) and isinstance(hidden, list)
+            and all(count(h) for h in hidden)):
+        raise ValueError(f"SNN n_features, n_models and hidden sizes must be positive integers, best_epochs "
+                         f"a count: {n_features!r:.20}, {n_models!r:.20}, {meta['best_epochs']!r:.20}, {hidden!r:.60}")
+    dropout = float(params.get("dropout", known["dropout"]))
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"SNN params.dropout must lie in [0, 1), got {dropout}")
+    shapes = {f"{m}.{k}": s for m in range(n_models) for k, s in _shapes(n_features, hidden).items()}
+    missing, unknown = sorted(set(shapes) - set(arrays)), sorted(set(arrays) - set(shapes))
+    if missing or unknown:
+        raise ValueError(f"SNN weights: missing arrays {missing[:5]}, unknown arrays {unknown[:5]}")
+    for name, shape in shapes.items():
+        a = arrays[name]
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:
+            raise ValueError(f"SNN array {name!r} must be float32 of shape {shape}, got "
+                             f"{getattr(a, 'dtype', type(a).__name__)} of shape {getattr(a, 'shape', None)}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"SNN array {name!r} holds NaN or infinite values")
+    clf = SNNClassifier(**{**params, "hidden": tuple(hidden)})
+    clf.classes_ = np.array([0, 1])
+    clf.n_features_in_ = n_features
+    clf.best_epochs_ = meta["best_epochs"]
+    models = []
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's stream alone
+        for m in range(n_models):
+            net = SNN(n_features, tuple(hidden), dropout)
+            net.load_state_dict({k: torch.from_numpy(arrays[f"{m}.{k}"].copy()) for k in net.state_dict()})
+            models.append(net.eval())
+    clf.models_ = models
+    return clf
