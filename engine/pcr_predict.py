@@ -29,16 +29,13 @@ def find_pcr_model(name: str | None = None, runs_dir=None) -> Path:
 
 
 def load_pcr_model(path: Path):
-    import pickle
-
-    import torch
+    """The pCR model in ``path`` (``nets.pcr_file``: arrays and JSON, never unpickled)."""
+    from nets.pcr_file import load_pcr_model as load
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        raise UserError(f"{path}: unreadable pCR model: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != "mamamia-pcr":
-        raise UserError(f"{path}: not a pCR model file (train.py --task pcr writes one)")
-    return state["model"]
+        model, _ = load(path)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return model
 
 
 def predict_pcr(cases, out: Path, model_path: Path, progress: bool = True, echo=print) -> list[dict]:

@@ -56,7 +56,7 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
     from core import pcr
     from data import io as dio
     from data import mamamia, radiomics
-    from nets import checkpoint as ckptlib
+    from nets.pcr_file import save_pcr_model
     from nets.snn import SNNClassifier
 
     if req.masks not in ("expert", "predicted"):
@@ -125,7 +125,7 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
               "snn": {k: list(v) if isinstance(v, tuple) else v for k, v in snn_params.items() if k != "seed"},
               "radiomics": rcfg.to_dict()}
     run.path.mkdir(parents=True, exist_ok=True)
-    ckptlib.save({"format": "mamamia-pcr", "version": 1, "model": model, "config": config}, run.pcr_model_path)
+    save_pcr_model(run.pcr_model_path, model, config)
     report = {"config": config, "cases": len(used), "positives": int(y.sum()), "metrics": metrics,
               "oracle": oracle, "seconds": round(time.time() - t0, 1),
               "features": {"extracted": len(table.names),

@@ -7,7 +7,7 @@ Layout (format ``mamamia-pcr``, version 2; members stored uncompressed with a fi
 so one model always gives the same bytes):
 
     pcr_model.json      {"format": "mamamia-pcr", "version": 2,
-                         "model": <core.pcr.model_to_state meta: feature names, temperature,
+                         "model": <core.pcr_state.model_to_state meta: feature names, temperature,
                                    threshold, per fold the pipeline, clinical encoder and the
                                    deployed classifier's parameters>,
                          "config": <the training config>,
@@ -17,7 +17,7 @@ so one model always gives the same bytes):
 
 Loading parses JSON and reads arrays with ``allow_pickle=False``: nothing in the file is
 unpickled, so a crafted file cannot run code, and the model is rebuilt from numbers
-(``core.pcr.model_from_state``), so it does not break when a class moves. Version 1 files
+(``core.pcr_state.model_from_state``), so it does not break when a class moves. Version 1 files
 (``torch.save`` pickles of the Python objects, written by train.py before this format) are
 refused without being opened; re-train them. Every other malformed file is a ValueError naming
 the file.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import pcr
+from core import pcr, pcr_state
 from nets import snn
 
 FORMAT = "mamamia-pcr"
@@ -48,9 +48,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _STAMP = (1980, 1, 1, 0, 0, 0)
 _RETRAIN = "re-train with train.py --task pcr"
 
-CODECS: dict[str, pcr.ClassifierCodec] = {
-    **pcr.CLASSIFIER_CODECS,
-    "snn": pcr.ClassifierCodec(lambda est: isinstance(est, snn.SNNClassifier), snn.classifier_state,
+CODECS: dict[str, pcr_state.ClassifierCodec] = {
+    **pcr_state.CLASSIFIER_CODECS,
+    "snn": pcr_state.ClassifierCodec(lambda est: isinstance(est, snn.SNNClassifier), snn.classifier_state,
                                snn.classifier_from_state),
 }
 
@@ -79,7 +79,7 @@ def save_pcr_model(path: str | os.PathLike, model: pcr.PCRModel, config: dict) -
     mode from the umask like any new file). ValueError when the model or config cannot be written
     (a random-forest classifier, a config value that is not JSON), before anything is written."""
     path = Path(path)
-    meta, arrays = pcr.model_to_state(model, CODECS)
+    meta, arrays = pcr_state.model_to_state(model, CODECS)
     spec, members = {}, {}
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
@@ -129,7 +129,7 @@ def load_pcr_model(path: str | os.PathLike) -> tuple[pcr.PCRModel, dict]:
             raise ValueError("not a pCR model file (not a zip archive; train.py --task pcr writes one)")
         with zipfile.ZipFile(path) as zf:
             manifest, arrays = _read(zf)
-        model = pcr.model_from_state(manifest["model"], arrays, CODECS)
+        model = pcr_state.model_from_state(manifest["model"], arrays, CODECS)
     except PermissionError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, EOFError, OSError, RuntimeError, NotImplementedError,

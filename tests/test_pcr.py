@@ -241,8 +241,10 @@ def test_deployed_model_aligns_columns_and_thresholds():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="unknown keys"):
-        pcr.PipelineConfig.from_dict({"nselect": 3})
+    with pytest.raises(ValueError, match="unknown key 'nselect'"):
+        pcr.PipelineConfig.from_dict({**FAST.to_dict(), "nselect": 3})
+    with pytest.raises(ValueError, match="missing required key 'n_select'"):
+        pcr.PipelineConfig.from_dict({k: v for k, v in FAST.to_dict().items() if k != "n_select"})
     with pytest.raises(ValueError, match="selector"):
         pcr.PipelineConfig(selector="svm")
     assert pcr.PipelineConfig.from_dict(FAST.to_dict()) == FAST

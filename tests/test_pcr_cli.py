@@ -7,14 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from core.errors import UserError
 from engine.pcr_predict import find_pcr_model, predict_pcr
 from engine.predictor import input_cases
+from nets.pcr_file import load_pcr_model
 import train
 from conftest import write_case
 
@@ -103,11 +102,11 @@ def test_infer_writes_predictions_csv(trained, capsys):
     assert rows[0] == ["patient_id", "pcr", "score"]
     assert [r[0] for r in rows[1:]] == [c.patient_id for c in cases]
     assert len(rows) == 1 + 3
-    state = torch.load(runs / "pcr" / "pcr_model.pt", weights_only=False)
+    model, _ = load_pcr_model(runs / "pcr" / "pcr_model.pt")
     for _, label, score in rows[1:]:
         s = float(score)
         assert 0.0 <= s <= 1.0 and label in ("0", "1")
-        assert int(label) == int(s >= state["model"].threshold)
+        assert int(label) == int(s >= model.threshold)
     assert "imputed image features" in capsys.readouterr().out
     # test cases 13 (pCR, washout) and 14 (no pCR): the ranking follows the kinetics
     scores = {r[0]: float(r[2]) for r in rows[1:]}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.ensemble import RandomForestClassifier
 
-from core import pcr
+from core import pcr, pcr_state
 from nets import pcr_file
 from nets.snn import SNNClassifier
 
@@ -130,7 +130,7 @@ def test_loaded_classifiers_are_rebuilt_not_unpickled(fitted, tmp_path):
     lr_model, _ = pcr_file.load_pcr_model(_saved(fitted, tmp_path / "b", "logreg"))
     est = snn_model.folds[0].classifiers["snn"]
     assert isinstance(est, SNNClassifier) and len(est.models_) == 2 and not est.models_[0].training
-    assert isinstance(lr_model.folds[0].classifiers["logreg"], pcr.LinearClassifier)
+    assert isinstance(lr_model.folds[0].classifiers["logreg"], pcr_state.LinearClassifier)
     ref = _model(fitted, "snn").folds[0].classifiers["snn"]
     for a, b in zip(ref.models_, est.models_):
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -138,10 +138,10 @@ def test_loaded_classifiers_are_rebuilt_not_unpickled(fitted, tmp_path):
 
 
 def test_state_holds_only_json_and_plain_arrays(fitted, tmp_path):
-    meta, arrays = pcr.model_to_state(_model(fitted, "snn", True), pcr_file.CODECS)
+    meta, arrays = pcr_state.model_to_state(_model(fitted, "snn", True), pcr_file.CODECS)
     json.dumps(meta, allow_nan=False)          # raises on anything that is not plain JSON
     assert arrays and all(isinstance(a, np.ndarray) and a.dtype.kind in "fi" for a in arrays.values())
-    rebuilt = pcr.model_from_state(json.loads(json.dumps(meta)), arrays, pcr_file.CODECS)
+    rebuilt = pcr_state.model_from_state(json.loads(json.dumps(meta)), arrays, pcr_file.CODECS)
     assert rebuilt.folds[0].pipeline.selected_names == _model(fitted).folds[0].pipeline.selected_names
     # the file: a zip of the JSON manifest and .npy arrays that read without pickle
     path = _saved(fitted, tmp_path, "snn", True)
