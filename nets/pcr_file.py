@@ -28,7 +28,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from core import pcr, pcr_state
+from core.atomic import atomic_write
 from nets import snn
 
 FORMAT = "mamamia-pcr"
@@ -53,18 +53,6 @@ CODECS: dict[str, pcr_state.ClassifierCodec] = {
     "snn": pcr_state.ClassifierCodec(lambda est: isinstance(est, snn.SNNClassifier), snn.classifier_state,
                                snn.classifier_from_state),
 }
-
-
-def _umask() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # no way to read it without setting it elsewhere
-    os.umask(mask)
-    return mask
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -94,21 +82,11 @@ def save_pcr_model(path: str | os.PathLike, model: pcr.PCRModel, config: dict) -
         text = json.dumps(manifest, indent=1, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: the model or config holds a value JSON cannot store: {exc}") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
-                for name, data in [(MANIFEST, text.encode("utf-8")), *members.items()]:
-                    zf.writestr(zipfile.ZipInfo(name, _STAMP), data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in [(MANIFEST, text.encode("utf-8")), *members.items()]:
+            zf.writestr(zipfile.ZipInfo(name, _STAMP), data)
+    atomic_write(path, buf.getvalue())
     return path
 
 
