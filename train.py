@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--recipe", help="a paper's procedure as presets: seed_a (Adam 1e-4, batch Dice, 1000 "
                    "epochs with early stopping, elastic deformation) or seed_b (SGD + cosine, Dice-CE, 250 "
                    "epochs); explicit flags win, and what it sets is printed")
-    g.add_argument("--arch", choices=nets.names(), help="network (default unet)")
+    g.add_argument("--arch", choices=nets.names(), help=f"network (default {nets.DEFAULT_NETWORK})")
     g.add_argument("--size", help="MedNeXt size S, B, M or L (default: the plan's)")
     g.add_argument("--kernel", type=int, help="MedNeXt kernel size, odd (default: the plan's, 3)")
     g.add_argument("--loss", help="dice_ce (default), dice_focal or dice_ce_focal (core/losses.py)")

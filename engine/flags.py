@@ -160,7 +160,7 @@ def _check_overrides(items) -> list[str]:
 def check_flags(req: TrainRequest) -> None:
     """The checks that need no torch (so a wrong flag fails at once), in the order of --help."""
     import nets
-    arch = req.arch or "unet"
+    arch = req.arch or nets.DEFAULT_NETWORK
     if arch not in nets.REGISTRY:
         raise UserError(f"--arch {arch!r}: choose from {nets.names()}")
     entry = nets.entry(arch)
@@ -217,7 +217,7 @@ def effective(req: TrainRequest, device_type: str) -> dict:
     import nets
 
     check_flags(req)
-    arch = req.arch or "unet"
+    arch = req.arch or nets.DEFAULT_NETWORK
     entry = nets.entry(arch)
     loss = req.loss or "dice_ce"
     if loss not in LOSSES:

@@ -58,6 +58,9 @@ REGISTRY: dict[str, Entry] = {
 }
 
 
+DEFAULT_NETWORK = "unet"   # what train.py trains without --arch (nnU-Net's plain U-Net)
+
+
 def names() -> list[str]:
     return sorted(REGISTRY)
 
