@@ -38,8 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--arch", choices=nets.names(), help=f"network (default {nets.DEFAULT_NETWORK})")
     g.add_argument("--size", help="MedNeXt size S, B, M or L (default: the plan's)")
     g.add_argument("--kernel", type=int, help="MedNeXt kernel size, odd (default: the plan's, 3)")
-    g.add_argument("--loss", help="dice_ce (default), dice_focal or dice_ce_focal (core/losses.py)")
-    g.add_argument("--optimizer", help="sgd or adamw (default: the network's: sgd for unet, adamw for mednext)")
+    g.add_argument("--loss", help="dice_ce (default), dice (per sample), batch_dice (seed A), dice_focal or "
+                   "dice_ce_focal (core/losses.py)")
+    g.add_argument("--focal-gamma", type=float, help="focal losses: focusing parameter (default 2)")
+    g.add_argument("--focal-alpha", type=float, help="focal losses: weight of the tumour class, background 1 - a "
+                   "(default: none)")
+    g.add_argument("--optimizer", help="sgd, adam (L2 decay) or adamw (decoupled decay) (default: the network's: "
+                   "sgd for unet, adamw for mednext)")
     g.add_argument("--lr", type=float, help="initial learning rate (default: the optimizer's)")
     g.add_argument("--schedule", help="learning-rate schedule: poly (default) or cosine")
     g.add_argument("--warmup", type=int, help="epochs of linear learning-rate warm-up (default 0)")
@@ -50,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--iters", type=int, help="iterations per epoch (default 250, CPU: 25)")
     g.add_argument("--val-iters", type=int, help="validation batches per epoch (default 50, CPU: 4)")
     g.add_argument("--batch-size", type=int, help="override the plan's batch size")
-    g.add_argument("--augment", help="augmentation profile: nnunet (default), mri, none")
+    g.add_argument("--augment", help="augmentation profile: nnunet (default), seed_a (nnU-Net + elastic "
+                   "deformation), mri (+ DCE artefacts), none")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--grad-checkpoint", action="store_true", default=None, help="MedNeXt gradient checkpointing")
     g.add_argument("--no-amp", dest="amp", action="store_false", default=None,

@@ -49,6 +49,8 @@ class NetSpec:
 class TrainConfig(planlib.Settings):
     network: NetSpec
     loss: str = "dice_ce"
+    focal_gamma: float | None = None    # core.losses.LOSS_PARAMS of the focal losses (None: 2.0)
+    focal_alpha: float | None = None    # None: no class weighting
     optimizer: str = "sgd"              # core.optim.OPTIMIZERS
     lr: float | None = None             # None: the optimizer's default
     schedule: str = "poly"              # core.optim.SCHEDULES
@@ -75,6 +77,8 @@ class TrainConfig(planlib.Settings):
             raise ValueError(f"TrainConfig.format_version {self.format_version} is not supported")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        from core.losses import get_loss
+        get_loss(self.loss, gamma=self.focal_gamma, alpha=self.focal_alpha)  # a parameter it does not take
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:

@@ -118,18 +118,41 @@ def dice_ce_focal_loss(logits: torch.Tensor, target: torch.Tensor, batch_dice: b
             + focal_loss(logits, target, gamma, alpha))
 
 
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Plain soft Dice, one Dice per sample averaged over the batch (no cross-entropy term)."""
+    return soft_dice_loss(logits, target, batch_dice=False)
+
+
+def batch_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice over the whole batch as one volume (nnU-Net's ``batch_dice=True``), no
+    cross-entropy term: seed A's "batch Dice loss"."""
+    return soft_dice_loss(logits, target, batch_dice=True)
+
+
 LOSSES: dict[str, LossFn] = {
+    "dice": dice_loss,
+    "batch_dice": batch_dice_loss,
     "dice_ce": dice_ce_loss,
     "dice_focal": dice_focal_loss,
     "dice_ce_focal": dice_ce_focal_loss,
 }
+# parameters a loss takes from the command line (--focal-gamma, --focal-alpha)
+LOSS_PARAMS: dict[str, tuple[str, ...]] = {"dice_focal": ("gamma", "alpha"), "dice_ce_focal": ("gamma", "alpha")}
 
 
-def get_loss(name: str) -> LossFn:
-    """The registered loss ``name``; ValueError listing the choices otherwise."""
+def get_loss(name: str, **params) -> LossFn:
+    """The registered loss ``name`` with ``params`` bound (e.g. ``gamma``, ``alpha`` of the focal
+    losses); ValueError listing the choices, or naming a parameter the loss does not take."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choices: {sorted(LOSSES)}")
-    return LOSSES[name]
+    params = {k: v for k, v in params.items() if v is not None}
+    bad = sorted(set(params) - set(LOSS_PARAMS.get(name, ())))
+    if bad:
+        raise ValueError(f"loss {name!r} takes no parameter {bad[0]!r} (it takes {list(LOSS_PARAMS.get(name, ())) or 'none'})")
+    if not params:
+        return LOSSES[name]
+    fn = LOSSES[name]
+    return lambda logits, target: fn(logits, target, **params)
 
 
 def deep_supervision_weights(num_outputs: int) -> list[float]:

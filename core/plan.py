@@ -39,7 +39,8 @@ RESAMPLING = ("cubic", "spline")
 # keys added to a format version after files were written with it: absent -> this default
 ADDED_KEYS: dict[str, dict[str, Any]] = {
     "Plan": {"resampling": "cubic"},
-    "TrainConfig": {"upkern_fold": None, "early_stop": None, "warmup_epochs": 0},
+    "TrainConfig": {"upkern_fold": None, "early_stop": None, "warmup_epochs": 0, "focal_gamma": None,
+                    "focal_alpha": None},
     "DataSelection": {"max_cases": None, "sample_seed": 0},
 }
 

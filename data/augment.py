@@ -96,6 +96,9 @@ _NNUNET = AugmentProfile()
 PROFILES: dict[str, AugmentProfile] = {
     "nnunet": _NNUNET,
     "mri": dataclasses.replace(_NNUNET, p_motion=0.2, p_bias=0.3, p_ghosting=0.15),
+    # seed A (MAMA-MIA 2025) adds elastic deformation to nnU-Net's spatial augmentation; 0.2 per
+    # sample is nnU-Net v1's p_eldef (default_3D_augmentation_params), magnitudes are ours
+    "seed_a": dataclasses.replace(_NNUNET, p_elastic=0.2),
     "none": AugmentProfile(**{f.name: 0.0 for f in fields(AugmentProfile) if f.name.startswith("p_")}),
 }
 

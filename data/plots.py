@@ -6,6 +6,7 @@ Every function draws one figure, writes it atomically to ``path`` and returns th
 - :func:`overlay`: one slice of the first post-contrast phase with the ground-truth and predicted
   contours, through the largest cross-section of the ground-truth tumour
 - :func:`roc_plot`, :func:`reliability_plot`, :func:`group_bars`: pCR figures
+- :func:`training_curves`: a fold's training curves (nnU-Net's progress.png)
 
 Volumes are ``(X, Y, Z)`` in nibabel voxel order with ``spacing`` in mm along the same axes.
 """
@@ -173,4 +174,26 @@ def group_bars(tables: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, p
         ax.set(title=v, ylim=(0, 1.02))
     axes[0][0].set_ylabel(metric)
     fig.suptitle(title or f"{metric} per subgroup", y=1.04)
+    return _save(fig, path)
+
+
+def training_curves(history: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """nnU-Net's ``progress.png``: training loss, validation pseudo-Dice and its moving average,
+    learning rate and epoch time against the epoch (one panel each). NaN pseudo-Dice (no
+    validation cases) leaves its panel empty."""
+    epochs = [int(h["epoch"]) for h in history]
+    col = {k: [float("nan") if h.get(k) is None else float(h[k]) for h in history]
+           for k in ("loss", "pseudo_dice", "ema", "lr", "seconds")}
+    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
+    axes[0].plot(epochs, col["loss"], color="tab:blue", label="train loss")
+    axes[1].plot(epochs, col["pseudo_dice"], color="tab:green", alpha=0.5, label="pseudo-Dice")
+    axes[1].plot(epochs, col["ema"], color="tab:green", label="moving average")
+    axes[2].plot(epochs, col["lr"], color="tab:orange", label="learning rate")
+    axes[3].plot(epochs, col["seconds"], color="tab:gray", label="epoch time (s)")
+    for ax in axes:
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
+    if title:
+        axes[0].set_title(title)
     return _save(fig, path)

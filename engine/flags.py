@@ -14,7 +14,7 @@ from core.errors import UserError
 
 # flags that describe the run (stored in request.json, compared on --resume)
 DESCRIPTION = ("recipe", "data", "centers", "phases", "max_cases", "sample_seed", "arch", "size", "kernel", "loss",
-               "optimizer", "lr", "warmup", "early_stop",
+               "focal_gamma", "focal_alpha", "optimizer", "lr", "warmup", "early_stop",
                "schedule", "epochs", "iters", "val_iters", "batch_size", "augment", "seed", "budget",
                "spacing", "resampling", "normalisation", "clahe", "set", "grad_checkpoint", "amp")
 FOLD_FLAGS = ("data", "centers", "max_cases", "sample_seed")                    # change the cases, hence the folds
@@ -81,6 +81,8 @@ class TrainRequest:
     run: str | None = None
     runs_dir: str | None = None
     recipe: str | None = None
+    focal_gamma: float | None = None
+    focal_alpha: float | None = None
     warmup: int | None = None
     early_stop: int | None = None
     max_cases: int | None = None
@@ -222,6 +224,11 @@ def effective(req: TrainRequest, device_type: str) -> dict:
     loss = req.loss or "dice_ce"
     if loss not in LOSSES:
         raise UserError(f"--loss {loss!r}: choose from {sorted(LOSSES)}")
+    from core.losses import get_loss
+    try:
+        get_loss(loss, gamma=req.focal_gamma, alpha=req.focal_alpha)
+    except ValueError as exc:
+        raise UserError(f"--focal-gamma/--focal-alpha: {exc}") from None
     optimizer = req.optimizer or entry.default_optimizer
     if optimizer not in OPTIMIZERS:
         raise UserError(f"--optimizer {optimizer!r}: choose from {sorted(OPTIMIZERS)}")
@@ -248,7 +255,8 @@ def effective(req: TrainRequest, device_type: str) -> dict:
         "resampling": req.resampling or "cubic", "normalisation": req.normalisation or "zscore",
         "clahe": bool(req.clahe), "set": _check_overrides(req.set),
         "grad_checkpoint": bool(req.grad_checkpoint), "amp": req.amp if req.amp is not None else True,
-        "recipe": req.recipe, "warmup": req.warmup or 0, "early_stop": req.early_stop, "max_cases": req.max_cases,
+        "recipe": req.recipe, "focal_gamma": req.focal_gamma, "focal_alpha": req.focal_alpha,
+        "warmup": req.warmup or 0, "early_stop": req.early_stop, "max_cases": req.max_cases,
         "sample_seed": req.sample_seed or 0,
     }
 

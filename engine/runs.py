@@ -131,6 +131,9 @@ class RunDir:
     def log_path(self, fold: int) -> Path:
         return self.fold_dir(fold) / "log.csv"
 
+    def progress_path(self, fold: int) -> Path:
+        return self.fold_dir(fold) / "progress.png"
+
     def validation_path(self, fold: int) -> Path:
         return self.fold_dir(fold) / "validation.json"
 

@@ -24,7 +24,7 @@ from core.metrics import dice as dice_score
 from core.optim import GRAD_CLIP, make_optimizer, scheduled_lr, set_lr
 from core.postprocess import largest_component
 from core.sliding_window import default_window_batch, sliding_window_predict
-from data import augment, cache
+from data import augment, cache, plots
 from data.loader import BatchLoader
 from data.sampler import PatchSampler
 from engine.runs import RunDir, fold_name
@@ -155,7 +155,7 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     lr0 = optimizer.param_groups[0]["lr"]
     autocast_dtype, scaler = amp_settings(cfg, device)
-    loss_fn = (loss_factory or DeepSupervisionLoss)(get_loss(cfg.loss))
+    loss_fn = (loss_factory or DeepSupervisionLoss)(get_loss(cfg.loss, gamma=cfg.focal_gamma, alpha=cfg.focal_alpha))
     ddp_model = model
     if dist.enabled:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -209,7 +209,7 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
                          "epochs (best checkpoint kept)", name, epoch, cfg.early_stop)
                 break
             t0 = time.time()
-            set_lr(optimizer, scheduled_lr(cfg.schedule, lr0, epoch, cfg.epochs))
+            set_lr(optimizer, scheduled_lr(cfg.schedule, lr0, epoch, cfg.epochs, cfg.warmup_epochs))
             ddp_model.train()
             losses, waits = [], []
             for it in range(cfg.iters_per_epoch):
@@ -275,6 +275,7 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
                 if improved:
                     ckptlib.save(payload(epoch + 1), run.checkpoint(fold, "best"))
                 write_log(run.log_path(fold), history)
+                plots.training_curves(history, run.progress_path(fold), f"{run.name} fold {name}")
     finally:
         loader.close()
         if bar is not None:

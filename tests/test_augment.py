@@ -253,3 +253,16 @@ def test_low_resolution_matches_interpolate_reference():
             size = [round(s * float(zoom[b, c])) for s in image.shape[2:]]
             low = F.interpolate(image[b, c][None, None], size, mode="nearest-exact")
             torch.testing.assert_close(out[b, c], F.interpolate(low, image.shape[2:], mode="trilinear")[0, 0])
+
+
+def test_seed_a_profile_deforms_elastically():
+    """nnU-Net's profile never deforms; seed A's does for about 20 % of the samples."""
+    g = torch.Generator().manual_seed(0)
+    plain = draw_params(200, "nnunet", g, num_channels=3)
+    seed_a = draw_params(200, "seed_a", torch.Generator().manual_seed(0), num_channels=3)
+    moved = seed_a.elastic.flatten(1).abs().amax(1) > 0
+    assert not (plain.elastic != 0).any()
+    assert 0.1 < moved.float().mean() < 0.3
+    assert augment.PROFILES["seed_a"].p_elastic == 0.2
+    assert {k: v for k, v in augment.PROFILES["seed_a"].to_dict().items() if k != "p_elastic"} == \
+        {k: v for k, v in augment.PROFILES["nnunet"].to_dict().items() if k != "p_elastic"}

@@ -76,10 +76,30 @@ def test_compound_losses_are_sums():
     torch.testing.assert_close(dice_ce_loss(logits, labels), dice + ce)
     torch.testing.assert_close(dice_focal_loss(logits, labels), dice + fl)
     torch.testing.assert_close(dice_ce_focal_loss(logits, labels), dice + ce + fl)
-    assert set(LOSSES) == {"dice_ce", "dice_focal", "dice_ce_focal"}
+    assert set(LOSSES) == {"dice", "batch_dice", "dice_ce", "dice_focal", "dice_ce_focal"}
     assert get_loss("dice_ce") is dice_ce_loss
     with pytest.raises(ValueError, match="dice_ce_focal"):
-        get_loss("dice")
+        get_loss("dice_only")
+
+
+def test_plain_and_batch_dice_and_focal_parameters():
+    """Hand-computed: one class-1 voxel per sample, sample 0 predicted right (p=1), sample 1 wrong
+    (p=0): per-sample Dice 1 and 0 -> loss 0.5; batch Dice 2*1/(1+2) -> loss 1/3 (smooth ~0)."""
+    big = 30.0
+    logits = torch.zeros(2, 2, 2, 1, 1)
+    labels = torch.zeros(2, 2, 1, 1, dtype=torch.long)
+    labels[:, 0] = 1                                   # voxel 0 of each sample is tumour
+    logits[0, 1, 0], logits[0, 0, 1] = big, big        # sample 0: right everywhere
+    logits[1, 0, 0], logits[1, 0, 1] = big, big        # sample 1: background everywhere
+    assert float(get_loss("dice")(logits, labels)) == pytest.approx(0.5, abs=1e-4)
+    assert float(get_loss("batch_dice")(logits, labels)) == pytest.approx(1 - 2 / 3, abs=1e-4)
+    # focal parameters reach the focal term; a parameter the loss does not take is refused
+    lg, lb = torch.randn(2, 2, 3, 3, 3), torch.randint(0, 2, (2, 3, 3, 3))
+    torch.testing.assert_close(get_loss("dice_focal", gamma=0.5, alpha=0.25)(lg, lb),
+                               soft_dice_loss(lg, lb) + focal_loss(lg, lb, gamma=0.5, alpha=0.25))
+    assert not torch.allclose(get_loss("dice_focal", gamma=0.5)(lg, lb), get_loss("dice_focal")(lg, lb))
+    with pytest.raises(ValueError, match="takes no parameter 'gamma'"):
+        get_loss("dice_ce", gamma=1.0)
 
 
 def test_dice_ce_equals_monai_dice_ce_definition():

@@ -36,8 +36,10 @@ def test_run_layout_and_checkpoint_contents(ds, tmp_path, capsys):
     assert len(splits) == 5 and sorted(sum((s["val"] for s in splits), [])) == sorted(
         f"DUKE_{i:03d}" for i in range(5))  # DUKE_005 is the test split
     fold = run / "fold_0"
-    for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "log.csv", "validation.json"):
+    for name in ("checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt", "log.csv", "validation.json",
+                 "progress.png"):
         assert (fold / name).exists(), name
+    assert (fold / "progress.png").read_bytes().startswith(b"\x89PNG")
     state = ckptlib.load(fold / "checkpoint_final.pt")
     assert state["epoch"] == 2 and state["config"].network.name == "unet" and state["plan"].channels == (0, 1, 2)
     assert state["split"] == splits[0]
@@ -289,6 +291,7 @@ def test_fold_full_and_upkern_from_the_best_fold(k3_run):
     assert sorted(state["split"]["train"]) == sorted(data["cases"]) and state["split"]["val"] == []
     val = json.loads((dst / "fold_full" / "validation.json").read_text())
     assert val["cases"] == {} and "mean_dice" not in val
+    assert (dst / "fold_full" / "progress.png").read_bytes().startswith(b"\x89PNG")   # NaN pseudo-Dice plots too
     # an explicit source fold, and the refusal of a full target without one
     assert train.main(_minimal(tmp, "--arch", "mednext", "--kernel", "5", "--upkern-from", "k3",
                                "--fold", "full", "--run", "k5nofold")) == 2
