@@ -64,6 +64,8 @@ PATCH = (64, 64, 64)
 TRAIN_PATCH = 48
 
 
+import common as bench_common  # noqa: E402  (bench/common.py: the script's folder is on sys.path)
+
 def parse_features(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
@@ -250,11 +252,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
 
 
-def device_string(threads: int) -> str:
-    from common import cpu_device_string
-    return cpu_device_string(threads)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", help="MAMA-MIA root (default: the 10-case full-scale phantom)")
@@ -343,7 +340,7 @@ def main(argv=None) -> int:
     print(f"seconds per case: ours {ours:.1f}, nnU-Net {peer:.1f}; speed-up {peer / ours:.2f}x (goal 1.5x); "
           f"lowest case Dice(ours, nnU-Net) {worst:.4f} (required >= 0.99)")
     print(json.dumps({"bench": "infer_vs_nnunet", "ours": round(ours, 2), "peer": round(peer, 2), "unit": "s/case",
-                      "ratio": round(peer / ours, 3), "goal": 1.5, "device": device_string(args.threads),
+                      "ratio": round(peer / ours, 3), "goal": 1.5, "device": bench_common.cpu_device_string(args.threads),
                       "cases": n, "min_dice_agreement": round(worst, 4), "skip_air": not args.no_skip_air,
                       "features": list(args.features)}))
     return 0 if worst >= 0.99 else 1

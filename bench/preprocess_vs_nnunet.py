@@ -48,6 +48,8 @@ TARGET_SPACING = (1.0, 1.0, 1.0)
 
 # ----------------------------------------------------------------------------- the peer's plans
 
+import common as bench_common  # noqa: E402  (bench/common.py: the script's folder is on sys.path)
+
 def nnunet_plans(n_channels: int, target_spacing=TARGET_SPACING, patch_size=(64, 64, 64),
                  features=(16, 32, 64, 128), strides=(1, 2, 2, 2), num_classes: int = 2,
                  median_shape=(168, 315, 315)) -> tuple[dict, dict]:
@@ -220,11 +222,6 @@ def compare(ours_path: str, peer_path: str, box_ours, box_peer) -> dict:
             "shape": list(a.shape)}
 
 
-def device_string(threads: int) -> str:
-    from common import cpu_device_string
-    return cpu_device_string(threads)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", help="MAMA-MIA root (default: a phantom DUKE case under .cache/bench/)")
@@ -279,7 +276,7 @@ def main(argv=None) -> int:
           f"{cmp['corr_body']:.6f} (body, {100 * cmp['body_fraction']:.0f} % of voxels), "
           f"max |diff| in body {cmp['max_abs_diff_body']:.3f}")
     result = {"bench": "preprocess_vs_nnunet", "ours": round(ours, 3), "peer": round(peer, 3), "unit": "s/case",
-              "ratio": round(peer / ours, 3), "goal": 2.0, "device": device_string(args.threads),
+              "ratio": round(peer / ours, 3), "goal": 2.0, "device": bench_common.cpu_device_string(args.threads),
               "corr_body": round(cmp["corr_body"], 6), "rss_mb_ours": round(rss[("ours", args.threads)]),
               "rss_mb_peer": round(rss[("nnunet", args.threads)])}
     if ("ours", 1) in med and args.threads != 1:

@@ -42,6 +42,17 @@ def hooked_conv_elements(net, x) -> int:
     return count[0]
 
 
+def pcr_table(n=60, f=12, seed=0):
+    """A feature table for the pCR pipeline: two informative columns (0, 1), a near-copy of
+    column 0 (2) and noise; labels from the informative columns plus noise."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, f))
+    X[:, 2] = X[:, 0] + 0.01 * rng.normal(size=n)
+    y = (X[:, 0] + 0.8 * X[:, 1] + 0.5 * rng.normal(size=n) > 0.3).astype(int)
+    return X, y, [f"f{i}" for i in range(f)]
+
+
 def write_case(root, pid: str, phases, mask, affine, record: dict) -> None:
     """One case in the MAMA-MIA layout: ``images/<PID>/<pid>_000k.nii.gz`` (int16), the expert
     mask and the JSON record (file names in lower case, as in the download)."""

@@ -8,17 +8,13 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import balanced_accuracy_score
 
 from core import pcr
+from conftest import pcr_table
 
 FAST = pcr.PipelineConfig(n_select=3, max_candidates=6, rows_per_feature=1)
 
 
 def _table(n=60, f=12, seed=0):
-    """Rows with two informative columns (0, 1), a near-copy of column 0 (2) and noise."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, f))
-    X[:, 2] = X[:, 0] + 0.01 * rng.normal(size=n)
-    y = (X[:, 0] + 0.8 * X[:, 1] + 0.5 * rng.normal(size=n) > 0.3).astype(int)
-    return X, y, [f"f{i}" for i in range(f)]
+    return pcr_table(n, f, seed)
 
 
 def _logreg(seed):

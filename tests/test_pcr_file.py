@@ -15,6 +15,7 @@ from sklearn.ensemble import RandomForestClassifier
 from core import pcr, pcr_state
 from nets import pcr_file
 from nets.snn import SNNClassifier
+from conftest import pcr_table
 
 FAST = pcr.PipelineConfig(n_select=3, max_candidates=6, rows_per_feature=1)
 CLASSIFIERS = {"snn": lambda s: SNNClassifier(hidden=(8, 4), epochs=30, n_models=2, seed=s),
@@ -24,11 +25,7 @@ CONFIG = {"seed": 0, "folds": [0, 1, 2], "snn": {"hidden": [8, 4]}, "centers": N
 
 
 def _table(n=60, f=8, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, f))
-    X[:, 2] = X[:, 0] + 0.01 * rng.normal(size=n)
-    y = (X[:, 0] + 0.8 * X[:, 1] + 0.5 * rng.normal(size=n) > 0.3).astype(int)
-    return X, y, [f"f{i}" for i in range(f)]
+    return pcr_table(n, f, seed)
 
 
 def _records(n, seed=0):
