@@ -7,7 +7,8 @@ largest component. The two out-of-fold folders ``<run>/cv/oof_raw`` and ``<run>/
 ordinary prediction folders, scored by ``engine.evaluation.score_segmentation`` (so ``eval.py
 --pred <run>/cv/oof_raw`` gives the same official scores). ``<run>/cv_summary.json`` and
 ``cv_summary.csv`` hold per fold Dice and NormHD (raw and with the largest component), their mean
-and SD over folds, the best fold (highest raw Dice) and the official scores of the whole
+and SD over folds, the best fold (the one ``--upkern-fold best`` takes: highest validation Dice
+recorded by training; also the best by out-of-fold Dice) and the official scores of the whole
 out-of-fold set.
 """
 from __future__ import annotations
@@ -87,8 +88,12 @@ def cross_validation_summary(run: RunDir, device=None, tta_axes=(), progress: bo
     stats = {key: {"mean": float(np.mean([f[key] for f in per_fold])),
                    "sd": float(np.std([f[key] for f in per_fold], ddof=1)) if len(per_fold) > 1 else 0.0}
              for key in ("dice", "dice_lcc", "norm_hd", "norm_hd_lcc")}
-    best = max(range(len(per_fold)), key=lambda k: (per_fold[k]["dice"], -k))
-    summary = {"run": str(run.path), "folds": per_fold, "over_folds": stats, "best_fold": best,
+    # the fold UpKern's --upkern-fold best takes (validation Dice recorded by training), and the best
+    # by out-of-fold Dice at the original resolution (they differ only through resampling)
+    from engine.setup import best_fold
+    best_oof = max(range(len(per_fold)), key=lambda k: (per_fold[k]["dice"], -k))
+    summary = {"run": str(run.path), "folds": per_fold, "over_folds": stats, "best_fold": best_fold(run),
+               "best_fold_oof": best_oof,
                "official": {"raw": summaries["raw"]["official"], "lcc": summaries["lcc"]["official"]},
                "per_center": {"raw": summaries["raw"]["per_center"], "lcc": summaries["lcc"]["per_center"]},
                "oof": {"raw": str(raw_dir), "lcc": str(lcc_dir)}, "tta_axes": list(tta_axes)}
@@ -128,5 +133,6 @@ def format_summary(summary: dict) -> str:
         lines.append(f"out-of-fold official ({'largest component' if name == 'lcc' else 'raw'}): Dice "
                      f"{o['mean_dice']:.4f}, NormHD {o['mean_norm_hd']:.4f}, Fairness {o['fairness']:.4f}, "
                      f"Ranking {o['ranking']:.4f}")
-    lines.append(f"best fold: {summary['best_fold']}")
+    lines.append(f"best fold: {summary['best_fold']} by validation Dice (UpKern's choice), "
+                 f"{summary['best_fold_oof']} by out-of-fold Dice")
     return "\n".join(lines)

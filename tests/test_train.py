@@ -396,7 +396,10 @@ def test_cross_validation_summary_matches_eval(ds, tmp_path, capsys):
     for k, f in enumerate(summary["folds"]):
         assert f["dice"] == pytest.approx(np.mean([per_case[i] for i in splits[k]["val"]]))
     best = max(range(5), key=lambda k: (summary["folds"][k]["dice"], -k))
-    assert summary["best_fold"] == best
+    assert summary["best_fold_oof"] == best
+    from engine.runs import RunDir
+    from engine.setup import best_fold
+    assert summary["best_fold"] == best_fold(RunDir(run))
     rows = list(csv.reader(open(run / "cv_summary.csv")))
     assert rows[0][:3] == ["fold", "n", "dice"] and rows[-2][0] == "mean" and rows[-1][0] == "sd"
     # the command that rebuilds it
