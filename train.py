@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--optimizer", help="sgd, adam (L2 decay) or adamw (decoupled decay) (default: the network's: "
                    "sgd for unet, adamw for mednext)")
     g.add_argument("--lr", type=float, help="initial learning rate (default: the optimizer's)")
-    g.add_argument("--schedule", help="learning-rate schedule: poly (default) or cosine")
+    g.add_argument("--lr-schedule", "--schedule", dest="schedule",
+                   help="learning-rate schedule: poly (default, nnU-Net) or cosine (annealing to 0)")
     g.add_argument("--warmup", type=int, help="epochs of linear learning-rate warm-up (default 0)")
     g.add_argument("--early-stop", type=int, metavar="N",
                    help="stop when the moving-average validation pseudo-Dice has not improved for N epochs "

@@ -234,7 +234,7 @@ def effective(req: TrainRequest, device_type: str) -> dict:
         raise UserError(f"--optimizer {optimizer!r}: choose from {sorted(OPTIMIZERS)}")
     schedule = req.schedule or "poly"
     if schedule not in SCHEDULES:
-        raise UserError(f"--schedule {schedule!r}: choose from {sorted(SCHEDULES)}")
+        raise UserError(f"--lr-schedule {schedule!r}: choose from {sorted(SCHEDULES)}")
     augment_name = req.augment or "nnunet"
     if augment_name not in augment.PROFILES:
         raise UserError(f"--augment {augment_name!r}: choose from {sorted(augment.PROFILES)}")
