@@ -185,16 +185,49 @@ def _discover_cases(images: Path, masks: dict, jsons: dict, splits: dict) -> lis
     return cases
 
 
+def _discover_flat(folder: Path) -> list[Case]:
+    """Cases from files directly in ``folder`` named ``<case>_<4-digit phase>.nii[.gz]`` (an
+    nnU-Net ``imagesTs`` folder): the case name is kept exactly as written; two spellings of one
+    name that differ only in case are an error naming both files."""
+    groups: dict[str, dict[int, Path]] = {}
+    for f in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not f.is_file() or not io.is_nifti(f.name):
+            continue
+        m = PHASE_RE.match(io.strip_nifti_suffix(f.name))
+        if not m:
+            continue
+        phases = groups.setdefault(m.group("pid"), {})
+        k = int(m.group("phase"))
+        if k in phases:
+            raise ValueError(f"{folder}: phase {k:04d} of {m.group('pid')} present twice "
+                             f"({phases[k].name}, {f.name})")
+        phases[k] = f
+    ci_index(((pid, next(iter(ph.values()))) for pid, ph in groups.items()), what=f"case names in {folder}")
+    cases = []
+    for pid in sorted(groups):
+        nums = tuple(sorted(groups[pid]))
+        cases.append(Case(patient_id=io.safe_name(pid), center=center_from_id(pid),
+                          phase_paths=tuple(groups[pid][k] for k in nums), phase_numbers=nums))
+    return cases
+
+
 def load_dataset_from_images(folder: str | os.PathLike) -> list[Case]:
-    """Cases from a bare folder of case folders (``<folder>/<ID>/<id>_000k.nii.gz``), without
-    masks, clinical records or splits (what a user has for new scans)."""
+    """Cases from a bare folder of new scans, without masks, clinical records or splits: case
+    folders (``<folder>/<ID>/<id>_000k.nii.gz``) and flat nnU-Net-style files
+    (``<folder>/<case>_000k.nii.gz``, ``.nii`` too), names kept exactly. Nothing usable is an
+    error listing what the folder holds."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: input folder not found")
-    cases = _discover_cases(folder, {}, {}, {})
+    cases = _discover_cases(folder, {}, {}, {}) + _discover_flat(folder)
+    ci_index(((c.patient_id, c.phase_paths[0]) for c in cases), what=f"cases in {folder}")
     if not cases:
-        raise FileNotFoundError(f"{folder}: no case folders with <id>_0000.nii.gz-style phase files")
-    return cases
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+        raise FileNotFoundError(
+            f"{folder}: no case found: expected case folders <ID>/<id>_0000.nii.gz or files "
+            f"<case>_0000.nii.gz; the folder holds {len(found)} entr{'y' if len(found) == 1 else 'ies'}"
+            + (f": {', '.join(found[:12])}{' ...' if len(found) > 12 else ''}" if found else ""))
+    return sorted(cases, key=lambda c: c.patient_id)
 
 
 def load_dataset(root: str | os.PathLike, require_splits: bool = False,

@@ -384,3 +384,32 @@ def test_outputs_keep_ids_as_given_and_refuse_ids_that_escape(trained, tmp_path)
     with pytest.raises(ValueError, match="escaped"):
         model.predict_segmentation(tmp_path / "a" / "b" / "sub")
     assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_flat_nnunet_style_folder_keeps_case_names(trained, tmp_path, capsys):
+    """``--input`` with ``<case>_000k.nii.gz`` (and ``.nii``) files directly in the folder, as an
+    nnU-Net imagesTs folder holds them: outputs are named after the cases exactly."""
+    tmp, ds = trained
+    flat = tmp_path / "imagesTs"
+    flat.mkdir()
+    for src, name, ext in (("DUKE_000", "case1", ".nii.gz"), ("DUKE_001", "patientA", ".nii")):
+        for k, f in enumerate(sorted((ds / "images" / src).glob("*.nii.gz"))):
+            img = nib.load(str(f))
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), str(flat / f"{name}_{k:04d}{ext}"))
+    (flat / "notes.txt").write_text("not an image")
+    out = tmp_path / "pred"
+    assert infer.main(["--runs", "r1", "--runs-dir", str(tmp / "runs"), "--input", str(flat), "--output", str(out),
+                       "--no-tta", "-q"]) == 0
+    assert sorted(p.name for p in (out / "pred_segmentations").iterdir()) == ["case1.nii.gz", "patientA.nii.gz"]
+    ref = nib.load(str(flat / "patientA_0001.nii"))
+    pred = nib.load(str(out / "pred_segmentations" / "patientA.nii.gz"))
+    assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
+    # nothing usable: one line that says what the folder holds
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "scan.dcm").write_bytes(b"")
+    (empty / "sub").mkdir()
+    assert infer.main(["--runs", "r1", "--runs-dir", str(tmp / "runs"), "--input", str(empty), "--output",
+                       str(tmp_path / "p2"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "no case found" in err and "scan.dcm" in err and "sub/" in err and "Traceback" not in err
