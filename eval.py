@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="resample predictions on another grid onto the expert mask grid (nearest)")
     p.add_argument("--workers", type=int, default=1, help="cases scored in parallel (threads)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--html", action="store_true",
+                   help="also write report.html: scores, tables, plots, per-case rows with overlay thumbnails")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -90,7 +92,7 @@ def run(args) -> int:
         raise UserError(f"--data {data}: no case in split {args.split!r}")
     opts = ev.EvalOptions(data=str(data), split=args.split, subgroups=args.subgroups, hd_units=args.hd_units,
                           threshold=args.threshold, resample_pred=args.resample_pred, workers=args.workers,
-                          no_plots=args.no_plots, quiet=args.quiet)
+                          no_plots=args.no_plots, quiet=args.quiet, html=args.html)
     score = ev.score_segmentation if args.task == "seg" else ev.score_pcr
     return score(opts, cases, pred, out, shown)
 

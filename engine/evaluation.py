@@ -46,6 +46,8 @@ class EvalOptions:
     workers: int = 1
     no_plots: bool = False
     quiet: bool = False
+    html: bool = False               # also write report.html (engine/html_report.py)
+    max_thumbnails: int = 100        # per-case overlay thumbnails in the report, worst Dice first
 
 
 SUBGROUP_NAMES = fair.SUBGROUP_NAMES
@@ -255,9 +257,13 @@ def score_segmentation(args: EvalOptions, cases, pred_dir: Path, out: Path, show
                    unscorable=unscorable, no_expert_mask=no_mask, unused_predictions=unused)
     if rows and not args.no_plots:
         summary["plots"] = seg_plots(recs, scored, files, out / "plots", shown, args.resample_pred)
+    thumbs = case_thumbnails(recs, scored, files, out / "plots" / "cases", args) if args.html and rows else {}
     write_outputs(out, rows, ["patient_id", "center", *CLINICAL_COLUMNS,
                               *(f"group_{v}" for v in fair.FAIRNESS_VARIABLES + ("subtype",)),
                               "prediction", *SEG_COLUMNS], summary, echo)
+    if args.html:
+        from engine.html_report import write_report
+        echo(f"wrote {write_report(out, jsonable(summary), rows, 'seg', thumbs)}")
     usable = [r for r in rows if r["prediction"] not in ("missing", "failed")]
     if not usable:
         log.error("%s: no usable prediction for any of the %d case(s) to score", seg_dir, len(scored))
@@ -282,16 +288,38 @@ def seg_plots(recs, cases, files, folder: Path, shown, resample: bool) -> list[s
     picks = {"worst": order[0], "median": order[(len(order) - 1) // 2], "best": order[-1]}
     for label, r in picks.items():
         case = by_id[r["patient_id"]]
-        try:
-            gt, pred, spacing, affine, _, _ = load_pair(case, files.get(case.patient_id.lower()), resample)
-            img = io.load_nifti(case.phase_path(mamamia.reference_phase(case)))
-            arr = img.array if io.same_grid(img.affine, img.shape, affine, gt.shape) else \
-                io.resample_to_grid(img.array, img.affine, affine, gt.shape, order=1)
-            made.append(plots.overlay(arr, gt, pred, spacing, folder / f"overlay_{label}.png",
-                                      f"{label}: {case.patient_id}  Dice {r['dice']:.3f}"))
-        except (OSError, ValueError) as exc:
-            warn(f"overlay of {case.patient_id} not drawn: {exc}")
+        drawn = _overlay(case, files, resample, folder / f"overlay_{label}.png",
+                         f"{label}: {case.patient_id}  Dice {r['dice']:.3f}")
+        if drawn is not None:
+            made.append(drawn)
     return [str(p) for p in made]
+
+
+def _overlay(case, files, resample: bool, path: Path, title: str) -> Path | None:
+    """The case's reference phase with the expert and predicted contours; None (with a warning)
+    when it cannot be drawn."""
+    try:
+        gt, pred, spacing, affine, _, _ = load_pair(case, files.get(case.patient_id.lower()), resample)
+        img = io.load_nifti(case.phase_path(mamamia.reference_phase(case)))
+        arr = img.array if io.same_grid(img.affine, img.shape, affine, gt.shape) else \
+            io.resample_to_grid(img.array, img.affine, affine, gt.shape, order=1)
+        return plots.overlay(arr, gt, pred, spacing, path, title)
+    except (OSError, ValueError) as exc:
+        warn(f"overlay of {case.patient_id} not drawn: {exc}")
+        return None
+
+
+def case_thumbnails(recs, cases, files, folder: Path, args) -> dict[str, Path]:
+    """Small overlays of the worst ``args.max_thumbnails`` cases (by Dice) for report.html."""
+    by_id = {c.patient_id: c for c in cases}
+    out = {}
+    for r in sorted(recs, key=lambda r: (r["dice"], r["patient_id"]))[:args.max_thumbnails]:
+        case = by_id[r["patient_id"]]
+        drawn = _overlay(case, files, args.resample_pred, folder / f"{io.safe_name(case.patient_id)}.png",
+                         f"{case.patient_id}  Dice {r['dice']:.3f}")
+        if drawn is not None:
+            out[case.patient_id] = drawn
+    return out
 
 
 # ----------------------------------------------------------------------------- pCR
@@ -373,6 +401,9 @@ def score_pcr(args: EvalOptions, cases, pred_dir: Path, out: Path, shown: list[s
     write_outputs(out, rows, ["patient_id", "center", *CLINICAL_COLUMNS,
                               *(f"group_{v}" for v in fair.FAIRNESS_VARIABLES + ("subtype",)),
                               "prediction", "pcr_true", "pcr_true_used", "pcr_pred", "score"], summary, echo)
+    if args.html:
+        from engine.html_report import write_report
+        echo(f"wrote {write_report(out, jsonable(summary), rows, 'pcr')}")
     return 0
 
 

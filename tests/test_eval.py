@@ -256,3 +256,63 @@ def test_section_and_roc_points():
     fpr, tpr = plots.roc_points([1, 0, 1, 0], [0.9, 0.8, 0.8, 0.1])
     # thresholds: 0.9 -> (0, .5); 0.8 (tie, both) -> (.5, 1); 0.1 -> (1, 1)
     assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1]
+
+
+def test_html_report_lists_scores_tables_and_cases(cohort, tmp_path, capsys):
+    from html.parser import HTMLParser
+    root, pred, _, _ = cohort
+    out = tmp_path / "ev"
+    run(capsys, "--pred", pred, "--data", root, "--out", out, "--html", "--resample-pred")
+    page = (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.rows, self._row, self.tables = [], [], None, 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.imgs.append(dict(attrs)["src"])
+            elif tag == "table":
+                self.tables += 1
+            elif tag == "tr":
+                self._row = []
+
+        def handle_data(self, data):
+            if self._row is not None and data.strip():
+                self._row.append(data.strip())
+
+        def handle_endtag(self, tag):
+            if tag == "tr" and self._row is not None:
+                self.rows.append(self._row)
+                self._row = None
+
+    p = Collect()
+    p.feed(page)
+    assert f"Ranking {summary['official']['ranking']:.4f}" in page
+    assert p.tables >= 2                                          # per center + per case (+ subgroups)
+    for src in p.imgs:                                           # every image exists, relative to the page
+        assert (out / src).is_file(), src
+    assert sum("cases/" in s for s in p.imgs) == 5               # a thumbnail per case
+    case_rows = [r for r in p.rows if r and r[0].startswith("DUKE_")]
+    dice = [float(r[3]) for r in case_rows]
+    assert len(case_rows) == 5 and dice == sorted(dice)          # worst first
+
+
+@pytest.mark.skipif(not any(__import__("shutil").which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+                    reason="no headless browser installed")
+def test_html_report_renders_in_a_browser(cohort, tmp_path, capsys):
+    import shutil
+    import subprocess
+    root, pred, _, _ = cohort
+    out = tmp_path / "ev"
+    run(capsys, "--pred", pred, "--data", root, "--out", out, "--html", "--resample-pred")
+    browser = next(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b))
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,900", (out / "report.html").as_uri()], check=True, timeout=60,
+                   capture_output=True)
+    from PIL import Image
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.std() > 5       # not a blank page
