@@ -239,9 +239,13 @@ def load_dataset(root: str | os.PathLike, require_splits: bool = False,
     set (one summary warning) and raise when selected or loaded.
     """
     root = Path(root)
+    from data import nnunet
+    if nnunet.is_nnunet_dataset(root):        # an nnU-Net v2 raw dataset: channels are the phases
+        return nnunet.load_nnunet_dataset(root)
     images = _ci_child(root, "images")
     if images is None or not images.is_dir():
-        raise FileNotFoundError(f"{root}: no images/ folder (is this a MAMA-MIA dataset root?)")
+        raise FileNotFoundError(f"{root}: no images/ folder (is this a MAMA-MIA dataset root, or an nnU-Net "
+                                "raw dataset with dataset.json and imagesTr/?)")
     seg = _ci_child(_ci_child(root, "segmentations"), "expert")
     masks = ci_index(((io.strip_nifti_suffix(p.name), p) for p in seg.iterdir()
                       if p.is_file() and io.is_nifti(p.name)), what=f"masks in {seg}") \
