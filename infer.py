@@ -5,6 +5,9 @@
     python infer.py --input /data/new_cases --output out/ --no-tta
     python infer.py --pcr                                  # also write predictions.csv (pCR)
 
+``torchrun --nproc_per_node=N infer.py ...`` shards the cases across the processes (GPUs or CPU
+processes); each writes its own cases and the manifest is merged at the end.
+
 Per case: the phases the model was trained on are read and preprocessed with the plan stored in
 the checkpoint (the same function as training), every model predicts softmax probabilities
 (averaged over flips, folds and runs), the average is put back on the grid of the first
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -79,7 +83,9 @@ def _parse_axes(text: str):
 def run(args) -> int:
     import torch
 
+    from core.atomic import atomic_write
     from engine.outputs import OutputFolder
+    from engine.training import Distributed
     from engine.predictor import PredictSettings, Predictor, input_cases, lcc_helps, load_members
     from engine.runs import RunDir, predictions_root
     from core.errors import UserError
@@ -107,22 +113,50 @@ def run(args) -> int:
     out = Path(args.output) if args.output else predictions_root() / "_".join(r.name for r in runs)
     folder = OutputFolder(out)
     producer = OutputFolder.producer([m.checkpoint for m in members], settings.to_dict())
-    with folder:
+    dist = Distributed.from_env()                 # torchrun: every rank predicts its share
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        members = load_members(runs, args.ensemble, args.checkpoint, device)
+    if dist.rank == 0:
+        folder.lock()                             # one writer per folder: the job, held by rank 0
+    try:
+        dist.barrier()
         done = folder.plan_work([c.patient_id for c in cases], producer, args.overwrite)
-        if done:
+        if done and dist.rank == 0:
             print(f"{len(done)} case(s) already predicted by the same models and settings: kept")
+        mine = cases[dist.rank::dist.world]
         t0 = time.time()
-        result = Predictor(members, device, settings).run(cases, out, overwrite=True,
-                                                          progress=not args.quiet, skip=done)
+        result = Predictor(members, device, settings).run(mine, out, overwrite=True,
+                                                          progress=not args.quiet and dist.rank == 0, skip=done)
+        if dist.enabled:                          # the ranks' results, merged by rank 0
+            part = out / f".rank{dist.rank}.json"
+            atomic_write(part, json.dumps(result))
+            dist.barrier()
+            if dist.rank == 0:
+                merged = {"errors": {}, "seconds_per_case": {}, "written": []}
+                for r in range(dist.world):
+                    p = out / f".rank{r}.json"
+                    for k, v in json.loads(p.read_text()).items():
+                        merged[k].update(v) if isinstance(v, dict) else merged[k].extend(v)
+                    p.unlink()
+                result = merged
         extra = {"runs": [str(r.path) for r in runs], "checkpoints": [str(m.checkpoint) for m in members],
                  "plan_hashes": sorted({plan_hash(m.plan) for m in members}),
-                 "settings": {**settings.to_dict(), "checkpoint": args.checkpoint, "device": str(device)},
+                 "settings": {**settings.to_dict(), "checkpoint": args.checkpoint, "device": str(device),
+                              "processes": dist.world},
                  "cases": [c.patient_id for c in cases], "seconds_per_case": result["seconds_per_case"],
                  "errors": result["errors"], "total_seconds": time.time() - t0}
-        try:
-            folder.record(result["written"], producer, extra)
-        except OSError as exc:
-            result["errors"]["<manifest>"] = f"{exc}"
+        if dist.rank == 0:
+            try:
+                folder.record(result["written"], producer, extra)
+            except OSError as exc:
+                result["errors"]["<manifest>"] = f"{exc}"
+    finally:
+        if dist.rank == 0:
+            folder.unlock()
+        dist.shutdown()
+    if dist.rank != 0:
+        return 1 if result["errors"] else 0
     ok = len(cases) - len(result["errors"])
     print(f"{ok}/{len(cases)} case(s) predicted into {out / 'pred_segmentations'} "
           f"({extra['total_seconds']:.1f} s, {extra['total_seconds'] / max(len(result['written']), 1):.1f} s/case)")

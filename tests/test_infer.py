@@ -413,3 +413,30 @@ def test_flat_nnunet_style_folder_keeps_case_names(trained, tmp_path, capsys):
                        str(tmp_path / "p2"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "no case found" in err and "scan.dcm" in err and "sub/" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_torchrun_shards_cases_and_merges_the_manifest(trained, tmp_path):
+    """Two CPU processes (gloo): every case written once, the same masks as one process, one
+    manifest listing all of them."""
+    import os
+    import subprocess
+    import sys
+    tmp, ds = trained
+    repo = Path(__file__).resolve().parents[1]
+    single, double = tmp_path / "one", tmp_path / "two"
+    common = ["--runs-dir", str(tmp / "runs"), "--data", str(ds), "--split", "all", "--no-tta", "-q"]
+    assert infer.main(common + ["--output", str(single)]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_port=29533", str(repo / "infer.py"), *common, "--output", str(double)],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=repo)
+    assert res.returncode == 0, res.stderr[-3000:]
+    names = sorted(p.name for p in (double / "pred_segmentations").iterdir())
+    assert names == sorted(p.name for p in (single / "pred_segmentations").iterdir()) and len(names) == 6
+    for n in names:
+        np.testing.assert_array_equal(np.asarray(nib.load(str(single / "pred_segmentations" / n)).dataobj),
+                                      np.asarray(nib.load(str(double / "pred_segmentations" / n)).dataobj))
+    man = json.loads((double / "predictions_manifest.json").read_text())
+    assert set(man["files"]) == {n[:-7] for n in names} and man["settings"]["processes"] == 2
+    assert not list(double.glob(".rank*")) and not (double / ".lock").exists()
