@@ -277,6 +277,13 @@ def load_fingerprint(path: Union[str, os.PathLike]) -> Fingerprint:
 # ----------------------------------------------------------------------------------------------
 # overrides
 # ----------------------------------------------------------------------------------------------
+def parse_value(text: str, tp: Any, where: str) -> Any:
+    """A command-line value for a field of type ``tp`` (the codec's strict text parsing):
+    scalars as written, tuples comma-separated (``0.8,1.2``), anything else as JSON; ValueError
+    naming ``where`` when ``text`` does not parse."""
+    return _parse_text(text, tp, where)
+
+
 def apply_overrides(plan: Plan, overrides: Sequence[str]) -> Plan:
     """Return a new Plan with ``key=value`` edits applied, e.g.
     ``["patch_size=128,128,128", "batch_size=4", "archs.mednext.kernel=5"]``.
