@@ -34,12 +34,16 @@ Profile ``"mri"`` adds DCE-MRI artefacts: a smooth multiplicative bias field (ex
 polynomial, as TorchIO's RandomBiasField), inter-phase rigid motion (small rotation/shift of
 single channels, folded into the same resampling; the label follows channel 0's frame) and
 ghosting along a phase-encode axis (faint shifted copies); bias field and ghosting act right
-after the spatial part, before the nnU-Net intensity chain. ``"none"`` only centre-crops.
+after the spatial part, before the nnU-Net intensity chain. ``"seed_a"`` is ``"nnunet"`` plus
+elastic deformation (p 0.2). ``"none"`` only centre-crops. ``with_overrides`` edits any profile
+from ``key=value`` strings.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -90,14 +94,28 @@ class AugmentProfile(planlib.Settings):
     p_gamma: float = 0.3
     gamma: tuple[float, float] = (0.7, 1.5)
 
+    def validate(self) -> None:
+        # draw_params would take these silently: p > 1 as always, U(hi, lo) as a flipped range
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if (f.name.startswith("p_") or f.name.endswith("_p_per_channel")) and not 0.0 <= value <= 1.0:
+                raise ValueError(f"AugmentProfile.{f.name} is a probability, got {value}")
+            if isinstance(value, tuple) and len(value) == 2 and not f.name.endswith("_axes") and value[0] > value[1]:
+                raise ValueError(f"AugmentProfile.{f.name} is a range (low, high), got {value}")
+        for name in ("mirror_axes", "ghosting_axes"):
+            if not set(getattr(self, name)) <= {0, 1, 2}:
+                raise ValueError(f"AugmentProfile.{name} must name spatial axes 0, 1, 2, got {getattr(self, name)}")
 
 
 _NNUNET = AugmentProfile()
 PROFILES: dict[str, AugmentProfile] = {
     "nnunet": _NNUNET,
     "mri": dataclasses.replace(_NNUNET, p_motion=0.2, p_bias=0.3, p_ghosting=0.15),
-    # seed A (MAMA-MIA 2025) adds elastic deformation to nnU-Net's spatial augmentation; 0.2 per
-    # sample is nnU-Net v1's p_eldef (default_3D_augmentation_params), magnitudes are ours
+    # seed A (MAMA-MIA 2025) adds elastic deformation to nnU-Net's spatial augmentation. 0.2 per
+    # sample is nnU-Net v1's p_eldef (default_3D_augmentation_params, batchgenerators'
+    # SpatialTransform p_el_per_sample). Its magnitude, alpha U(0, 900) smoothed with sigma
+    # U(9, 13) voxels, has no exact counterpart in our coarse-grid field: the magnitude defaults
+    # (up to 4 voxels, 5 control points per axis) are a choice
     "seed_a": dataclasses.replace(_NNUNET, p_elastic=0.2),
     "none": AugmentProfile(**{f.name: 0.0 for f in fields(AugmentProfile) if f.name.startswith("p_")}),
 }
@@ -109,6 +127,31 @@ def get_profile(profile: str | AugmentProfile) -> AugmentProfile:
     if profile not in PROFILES:
         raise ValueError(f"unknown augmentation profile {profile!r}; choose from {sorted(PROFILES)}")
     return PROFILES[profile]
+
+
+def with_overrides(profile: str | AugmentProfile, items: Sequence[str]) -> AugmentProfile:
+    """``profile`` (a name or a profile) with ``key=value`` edits, e.g. ``["p_elastic=0.2",
+    "scaling=0.8,1.2"]``: values parsed strictly from the field types (tuples comma-separated),
+    then validated like any profile; an unknown field is a ValueError listing the valid ones."""
+    if isinstance(items, str):
+        raise TypeError("with_overrides expects a list of 'key=value' strings")
+    base = get_profile(profile)
+    names = [f.name for f in fields(AugmentProfile)]
+    hints = typing.get_type_hints(AugmentProfile)
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"augmentation override {item!r} is not of the form key=value")
+        if key not in names:
+            raise ValueError(f"augmentation override {item!r}: unknown field {key!r} "
+                             f"(valid fields: {', '.join(names)})")
+        changes[key] = planlib.parse_value(value, hints[key], f"augmentation override {key}")
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as err:
+        raise ValueError(f"augmentation overrides {list(items)}: {err}") from err
 
 
 @dataclass(frozen=True)

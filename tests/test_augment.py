@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -266,3 +267,57 @@ def test_seed_a_profile_deforms_elastically():
     assert augment.PROFILES["seed_a"].p_elastic == 0.2
     assert {k: v for k, v in augment.PROFILES["seed_a"].to_dict().items() if k != "p_elastic"} == \
         {k: v for k, v in augment.PROFILES["nnunet"].to_dict().items() if k != "p_elastic"}
+
+
+def test_seed_a_elastic_moves_voxels_by_the_drawn_displacement():
+    """With p_elastic = 1 every sample gets a displacement field, and apply reads input voxel
+    p + e(p): on a ramp along axis a (value = voxel index) the output is the plain centre crop
+    plus e_a, exactly (trilinear interpolation reproduces a linear image). With p_elastic = 0
+    the same draw leaves the crop untouched."""
+    region, out = (24, 24, 24), (12, 12, 12)
+    idx = torch.arange(24.0)
+    ramps = torch.stack([idx.view(24, 1, 1).expand(region), idx.view(1, 24, 1).expand(region),
+                         idx.view(1, 1, 24).expand(region)])[None].repeat(4, 1, 1, 1, 1).contiguous()
+    # only elastic, so the other transforms cannot produce the difference
+    others_off = [f"{f.name}=0" for f in dataclasses.fields(AugmentProfile)
+                  if f.name.startswith("p_") and f.name != "p_elastic"]
+    prof = augment.with_overrides("seed_a", [*others_off, "p_elastic=1"])
+    p = draw_params(4, prof, torch.Generator().manual_seed(3), num_channels=3)
+    assert (p.elastic.flatten(1).abs().amax(1) > 0).all()
+    x, _ = apply(ramps, None, p, out)
+    crop = _crop(ramps, out)
+    field = F.interpolate(p.elastic, size=out, mode="trilinear", align_corners=True)
+    torch.testing.assert_close(x - crop, field, atol=1e-4, rtol=0)
+    assert float((x - crop).abs().amax()) > 0.5                       # voxels really moved
+    still, _ = apply(ramps, None, p.replace(elastic=torch.zeros_like(p.elastic)), out)
+    assert torch.equal(still, crop)
+
+
+def test_with_overrides_parses_from_the_field_types_and_validates():
+    prof = augment.with_overrides("seed_a", ["p_elastic=1", "scaling=0.8, 1.2", "mirror_axes=0,1",
+                                             "elastic_grid=7"])
+    assert (prof.p_elastic, prof.scaling, prof.mirror_axes, prof.elastic_grid) == (1.0, (0.8, 1.2), (0, 1), 7)
+    assert type(prof.p_elastic) is float and type(prof.elastic_grid) is int
+    assert prof.p_rotation == augment.PROFILES["seed_a"].p_rotation           # the rest untouched
+    assert augment.with_overrides(prof, []) == prof
+    assert augment.PROFILES["seed_a"].p_elastic == 0.2                        # registry not mutated
+    with pytest.raises(ValueError, match=r"unknown field 'p_elastc'.*p_elastic, elastic_magnitude"):
+        augment.with_overrides("nnunet", ["p_elastc=0.2"])
+    with pytest.raises(ValueError, match="p_elastic: cannot parse 'often'"):
+        augment.with_overrides("nnunet", ["p_elastic=often"])
+    with pytest.raises(ValueError, match="elastic_grid: cannot parse '2.5'"):
+        augment.with_overrides("nnunet", ["elastic_grid=2.5"])
+    with pytest.raises(ValueError, match="scaling: expected 2 values"):
+        augment.with_overrides("nnunet", ["scaling=0.8"])
+    with pytest.raises(ValueError, match="p_elastic is a probability, got 1.5"):
+        augment.with_overrides("nnunet", ["p_elastic=1.5"])
+    with pytest.raises(ValueError, match=r"scaling is a range \(low, high\)"):
+        augment.with_overrides("nnunet", ["scaling=1.2,0.8"])
+    with pytest.raises(ValueError, match="mirror_axes must name spatial axes"):
+        augment.with_overrides("nnunet", ["mirror_axes=0,3"])
+    with pytest.raises(ValueError, match="not of the form key=value"):
+        augment.with_overrides("nnunet", ["p_elastic"])
+    with pytest.raises(ValueError, match="unknown augmentation profile"):
+        augment.with_overrides("seed_b", [])
+    with pytest.raises(TypeError):
+        augment.with_overrides("nnunet", "p_elastic=0.2")
