@@ -141,8 +141,14 @@ LOSS_PARAMS: dict[str, tuple[str, ...]] = {"dice_focal": ("gamma", "alpha"), "di
 
 
 def get_loss(name: str, **params) -> LossFn:
-    """The registered loss ``name`` with ``params`` bound (e.g. ``gamma``, ``alpha`` of the focal
-    losses); ValueError listing the choices, or naming a parameter the loss does not take."""
+    """The registered loss ``name`` with ``params`` bound; ValueError listing the choices, or
+    naming a parameter the loss does not take.
+
+    The parameters a loss takes are ``LOSS_PARAMS[name]``: ``gamma`` (default 2.0) and ``alpha``
+    (default None: no class weights; a float a weighs background / foreground 1 - a / a; or one
+    weight per class) of the focal term of ``dice_focal`` and ``dice_ce_focal``. A parameter
+    given as None means "the loss's default" (an unset command-line flag) and is accepted by
+    every loss; with no parameter left the registered function itself is returned."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choices: {sorted(LOSSES)}")
     params = {k: v for k, v in params.items() if v is not None}

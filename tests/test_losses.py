@@ -185,3 +185,46 @@ def test_bad_target_shape_raises():
         soft_dice_loss(torch.randn(1, 2, 4, 4, 4), torch.zeros(1, 4, 4, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="label map"):
         cross_entropy_loss(torch.randn(1, 2, 4, 4, 4), torch.zeros(1, 2, 4, 4, 4))
+
+
+def test_get_loss_binds_focal_gamma_and_alpha_hand_computed():
+    """P_FG / LABELS: p_true = (0.9, 0.8, 0.6, 0.9); alpha 0.25 weighs (0.25, 0.75, 0.25, 0.75).
+    gamma 1: focal = mean(w (1 - p) (-log p)) = (0.25*0.1*0.1053605 + 0.75*0.2*0.2231436
+    + 0.25*0.4*0.5108256 + 0.75*0.1*0.1053605) / 4 = 0.0950902 / 4 = 0.0237725;
+    CE = (0.1053605 + 0.2231436 + 0.5108256 + 0.1053605) / 4 = 0.2361726;
+    Dice loss = 1 - (3 + s) / (3.8 + s) = 0.2105258."""
+    logits = logits_from_probs(P_FG)
+    dice = 1 - (3.0 + SMOOTH) / (3.8 + SMOOTH)
+    assert dice == pytest.approx(0.2105258, abs=1e-7)
+    focal_g1_a25, ce = 0.0950902 / 4, 0.2361726
+    assert get_loss("dice_focal", gamma=1.0, alpha=0.25)(logits, LABELS).item() == \
+        pytest.approx(dice + focal_g1_a25, abs=1e-6)
+    assert get_loss("dice_ce_focal", gamma=1.0, alpha=[0.75, 0.25])(logits, LABELS).item() == \
+        pytest.approx(dice + ce + focal_g1_a25, abs=1e-6)
+    # gamma alone keeps alpha's default (no weights): (0.01054 + 0.04463 + 0.20433 + 0.01054) / 4
+    assert get_loss("dice_focal", gamma=1.0)(logits, LABELS).item() == \
+        pytest.approx(dice + 0.2700311 / 4, abs=1e-6)
+    # defaults unchanged: gamma 2, no alpha; None means "default" and returns the function itself
+    focal_default = (0.01 * 0.1053605 + 0.04 * 0.2231436 + 0.16 * 0.5108256 + 0.01 * 0.1053605) / 4
+    assert get_loss("dice_focal")(logits, LABELS).item() == pytest.approx(dice + focal_default, abs=1e-6)
+    assert get_loss("dice_focal", gamma=None, alpha=None) is dice_focal_loss
+    assert get_loss("dice_ce", gamma=None) is dice_ce_loss
+    for name, param in [("dice_ce", "alpha"), ("dice", "gamma"), ("batch_dice", "alpha"), ("dice_focal", "beta")]:
+        with pytest.raises(ValueError, match=f"loss '{name}' takes no parameter '{param}'"):
+            get_loss(name, **{param: 0.5})
+    from core.losses import LOSS_PARAMS
+    assert set(LOSS_PARAMS) <= set(LOSSES)
+
+
+def test_plain_and_batch_dice_reuse_the_soft_dice_of_dice_ce():
+    """``dice`` is dice_ce without its CE term, per sample; ``batch_dice`` pools the batch (the
+    hand-computed pair of test_batch_dice_versus_per_sample_dice)."""
+    logits = logits_from_probs([P_FG[0], [[[0.5, 0.5, 0.5, 0.5]]]])
+    labels = torch.tensor([[[[1, 0, 1, 0]]], [[[0, 0, 0, 1]]]])
+    d0, d1 = (3.0 + SMOOTH) / (3.8 + SMOOTH), (1.0 + SMOOTH) / (3.0 + SMOOTH)
+    pooled = (4.0 + SMOOTH) / (6.8 + SMOOTH)
+    assert LOSSES["dice"](logits, labels).item() == pytest.approx(1 - (d0 + d1) / 2, abs=1e-7)
+    assert LOSSES["batch_dice"](logits, labels).item() == pytest.approx(1 - pooled, abs=1e-7)
+    ce = cross_entropy_loss(logits, labels)
+    torch.testing.assert_close(LOSSES["batch_dice"](logits, labels) + ce, dice_ce_loss(logits, labels))
+    torch.testing.assert_close(LOSSES["dice"](logits, labels) + ce, dice_ce_loss(logits, labels, batch_dice=False))
