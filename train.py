@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--batch-size", type=int, help="override the plan's batch size")
     g.add_argument("--augment", help="augmentation profile: nnunet (default), seed_a (nnU-Net + elastic "
                    "deformation), mri (+ DCE artefacts), none")
+    g.add_argument("--aug-set", action="append", metavar="KEY=VALUE",
+                   help="edit one transform of the profile, e.g. --aug-set p_elastic=0.2 (repeatable; "
+                        "fields of data/augment.py AugmentProfile)")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--grad-checkpoint", action="store_true", default=None, help="MedNeXt gradient checkpointing")
     g.add_argument("--no-amp", dest="amp", action="store_false", default=None,

@@ -59,6 +59,7 @@ class TrainConfig(planlib.Settings):
     val_iters: int = 50
     batch_size: int | None = None       # None: the plan's
     augment: str = "nnunet"             # augmentation profile
+    augment_overrides: tuple[str, ...] = ()   # per-transform KEY=VALUE edits of the profile
     seed: int = 0
     folds: tuple[int, ...] = (0,)
     n_folds: int = 5

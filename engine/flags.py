@@ -14,7 +14,7 @@ from core.errors import UserError
 
 # flags that describe the run (stored in request.json, compared on --resume)
 DESCRIPTION = ("recipe", "data", "centers", "phases", "max_cases", "sample_seed", "arch", "size", "kernel", "loss",
-               "focal_gamma", "focal_alpha", "optimizer", "lr", "warmup", "early_stop",
+               "focal_gamma", "focal_alpha", "aug_set", "optimizer", "lr", "warmup", "early_stop",
                "schedule", "epochs", "iters", "val_iters", "batch_size", "augment", "seed", "budget",
                "spacing", "resampling", "normalisation", "clahe", "set", "grad_checkpoint", "amp")
 FOLD_FLAGS = ("data", "centers", "max_cases", "sample_seed")                    # change the cases, hence the folds
@@ -83,6 +83,7 @@ class TrainRequest:
     recipe: str | None = None
     focal_gamma: float | None = None
     focal_alpha: float | None = None
+    aug_set: list[str] | None = None
     warmup: int | None = None
     early_stop: int | None = None
     max_cases: int | None = None
@@ -238,6 +239,10 @@ def effective(req: TrainRequest, device_type: str) -> dict:
     augment_name = req.augment or "nnunet"
     if augment_name not in augment.PROFILES:
         raise UserError(f"--augment {augment_name!r}: choose from {sorted(augment.PROFILES)}")
+    try:
+        augment.with_overrides(augment_name, list(req.aug_set or []))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"--aug-set: {exc}") from None
     budget = (req.budget or ("8GB" if device_type == "cuda" else "cpu")).strip()
     gpu = device_type == "cuda"
     # nnU-Net's 1000 x 250 (50 validation batches) on a GPU; a schedule that ends in minutes on a CPU
@@ -255,7 +260,7 @@ def effective(req: TrainRequest, device_type: str) -> dict:
         "resampling": req.resampling or "cubic", "normalisation": req.normalisation or "zscore",
         "clahe": bool(req.clahe), "set": _check_overrides(req.set),
         "grad_checkpoint": bool(req.grad_checkpoint), "amp": req.amp if req.amp is not None else True,
-        "recipe": req.recipe, "focal_gamma": req.focal_gamma, "focal_alpha": req.focal_alpha,
+        "recipe": req.recipe, "aug_set": list(req.aug_set or []), "focal_gamma": req.focal_gamma, "focal_alpha": req.focal_alpha,
         "warmup": req.warmup or 0, "early_stop": req.early_stop, "max_cases": req.max_cases,
         "sample_seed": req.sample_seed or 0,
     }

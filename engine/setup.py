@@ -68,6 +68,7 @@ def _config(eff: dict, network: NetSpec, folds, upkern_from=None, upkern_fold=No
                            val_iters=eff["val_iters"], batch_size=eff["batch_size"], augment=eff["augment"],
                            seed=eff["seed"], folds=tuple(folds), n_folds=N_FOLDS, amp=eff["amp"],
                            focal_gamma=eff.get("focal_gamma"), focal_alpha=eff.get("focal_alpha"),
+                           augment_overrides=tuple(eff.get("aug_set") or ()),
                            upkern_from=upkern_from, upkern_fold=upkern_fold, early_stop=eff.get("early_stop"),
                            warmup_epochs=eff.get("warmup") or 0)
     except ValueError as exc:
@@ -185,6 +186,7 @@ def _prepare_upkern(req, eff, explicit, folds) -> Prepared:
                  "phases": list(src_data.phases), "max_cases": src_data.max_cases,
                  "sample_seed": src_data.sample_seed, "early_stop": src_cfg.early_stop,
                  "warmup": src_cfg.warmup_epochs, "focal_gamma": src_cfg.focal_gamma,
+                 "aug_set": list(src_cfg.augment_overrides),
                  "focal_alpha": src_cfg.focal_alpha}
     changed = {k for k in explicit if k in inherited and inherited[k] != eff[k]}
     fold_changes = sorted(changed & set(FOLD_FLAGS))

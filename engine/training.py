@@ -148,7 +148,7 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
     name = fold_name(fold)
     if cfg.early_stop and not val_iters:
         log.warning("fold %s: early stopping needs validation batches; it is off", name)
-    profile = augment.get_profile(cfg.augment)
+    profile = augment.with_overrides(cfg.augment, cfg.augment_overrides)
 
     torch.manual_seed(seed_of(cfg.seed, fold))
     model = build(cfg.network).to(device)

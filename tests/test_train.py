@@ -420,3 +420,15 @@ def test_recipes_fill_only_what_is_not_given():
         ("adam", "batch_dice", 1000, 50, "seed_a")
     with pytest.raises(UserError, match="--recipe"):
         apply_recipe(TrainRequest(recipe="seed_c"))
+
+
+def test_aug_set_edits_the_profile_and_is_stored(ds, tmp_path, capsys):
+    assert train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "aug", "--epochs", "1",
+                            "--augment", "nnunet", "--aug-set", "p_elastic=1.0", "--aug-set", "scaling=0.9,1.1")) == 0
+    cfg = json.loads((tmp_path / "runs" / "aug" / "config.json").read_text())
+    assert cfg["augment_overrides"] == ["p_elastic=1.0", "scaling=0.9,1.1"]
+    from data.augment import with_overrides
+    prof = with_overrides(cfg["augment"], cfg["augment_overrides"])
+    assert prof.p_elastic == 1.0 and prof.scaling == (0.9, 1.1)
+    assert train.main(_args(ds, tmp_path, "--run", "aug2", "--aug-set", "p_elastik=0.2")) == 2
+    assert "p_elastik" in capsys.readouterr().err and not (tmp_path / "runs" / "aug2").exists()
