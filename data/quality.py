@@ -20,8 +20,9 @@ channel 1 the first post-contrast phase, the order :func:`data.mamamia.load_imag
   skimage.registration.phase_cross_correlation), converted to mm with the spacing; the largest over
   the phases present.
 - ``ghosting``: ghost-to-signal ratio (MRIQC's GSR, adapted): the body mask shifted by N/2 along an
-  axis, minus the (dilated) body, is the ghost region; ghost signal over the body mean, the ghost
-  signal freed of the noise floor by the Rician second moment, ``sqrt(mean(M^2) - 2 sigma^2)``.
+  axis, minus the (dilated) body, is the ghost region; ghost signal over the body mean. "Mean there
+  minus background" is taken on squares (Rician second moment), ``sqrt(m2(ghost) - m2(air))``,
+  with both mean squares trimmed at their 95th percentile (see :func:`ghost_ratio`).
   The phase-encode axis is not known from the image, so every axis is tried and the largest ratio is
   kept (an axis whose ghost region is smaller than ``MIN_GHOST`` voxels is skipped).
 - ``blur``: effective edge width in mm at the body outline: the 10-90 % rise distance of the mean
@@ -46,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-CODE_VERSION = 1
+CODE_VERSION = 2
 SCORES = ("snr", "cnr", "motion", "ghosting", "blur")
 COLUMNS = ("patient_id", "center") + SCORES + ("quality",)
 # +1: higher is better, -1: lower is better (the sign of each score in the composite)
@@ -56,6 +57,7 @@ MAD_TO_SIGMA = 1.4826                           # Gaussian: sigma = 1.4826 MAD
 MIN_AIR = 1000          # non-zero air voxels needed for the air-based noise estimate
 MIN_GHOST = 100         # voxels needed in a ghost region
 BODY_MARGIN = 3         # voxels between the body and the air / ghost regions
+GHOST_TRIM = 0.95      # quantile above which ghost/air samples are dropped
 TOP_FRACTION = 0.05     # brightest part of the subtraction used for the CNR
 Z_CLIP = 5.0
 
@@ -157,20 +159,34 @@ def motion_mm(image: np.ndarray, spacing, ref: int = 1, bodies=None) -> float:
     return worst
 
 
-def ghost_ratio(vol: np.ndarray, body: np.ndarray, sigma: float) -> tuple[float, int]:
-    """GSR (MRIQC, adapted) and the axis it was found on; see the module docstring. The noise
-    floor is removed with the Rician second moment, ``E[M^2] = A^2 + 2 sigma^2`` (Gudbjartsson &
-    Patz 1995): ghost signal ``A = sqrt(max(mean(M^2) - 2 sigma^2, 0))`` (a plain mean minus the
-    background mean underestimates ghosts near the noise level)."""
+def _trimmed_m2(x: np.ndarray) -> float:
+    """Mean square of ``x`` below its :data:`GHOST_TRIM` quantile."""
+    x = np.asarray(x, np.float64)
+    x = x[x <= np.quantile(x, GHOST_TRIM)]
+    return float(np.mean(np.square(x)))
+
+
+def ghost_ratio(vol: np.ndarray, body: np.ndarray) -> tuple[float, int]:
+    """GSR (MRIQC, adapted) and the axis it was found on; see the module docstring.
+
+    For a magnitude image ``E[M^2] = A^2 + 2 sigma^2`` (Rician second moment, Gudbjartsson & Patz
+    1995), so the ghost signal is ``A = sqrt(max(m2(ghost) - m2(air), 0))``: "mean there minus
+    background" on squares, which is unbiased near the noise floor where a plain mean difference
+    underestimates ghosts. ``m2`` is the mean square below the region's 95th percentile (the same
+    trimming in both regions), which drops bright tissue and other ghosts falling in the region."""
     regions = _ghost_regions(body, _grow(body))
+    air = ~_grow(body)
+    for _, g in _ghost_regions(body, _grow(body, 1)):
+        air &= ~_grow(g, 2)
+    air_vals = vol[air]
+    air_vals = air_vals[air_vals != 0]
+    bg = _trimmed_m2(air_vals) if air_vals.size >= MIN_GHOST else 0.0
     signal = float(vol[body].mean())
-    s2 = 2.0 * sigma ** 2 if np.isfinite(sigma) else 0.0
     best, best_ax = float("nan"), -1
     for ax, g in regions:
         if g.sum() < MIN_GHOST:
             continue
-        m2 = float(np.mean(np.square(vol[g], dtype=np.float64)))
-        r = math.sqrt(max(m2 - s2, 0.0)) / signal
+        r = math.sqrt(max(_trimmed_m2(vol[g]) - bg, 0.0)) / signal
         if not best >= r:
             best, best_ax = r, ax
     return best, best_ax
@@ -248,7 +264,7 @@ def scores(image: np.ndarray, spacing) -> dict:
         cnr = float(top.mean()) / sigma if sigma > 0 else nan
     else:
         cnr = nan
-    ghost, ax = ghost_ratio(vol, body, sigma)
+    ghost, ax = ghost_ratio(vol, body)
     return dict(snr=snr, cnr=cnr, motion=motion_mm(image, spacing, ref, bodies), ghosting=ghost,
                 blur=edge_width_mm(vol, body, spacing), noise_sigma=sigma, noise_source=source,
                 ghost_axis=int(ax))
@@ -378,8 +394,9 @@ scores (one row per case, on the case's own grid, no mask needed):
   cnr       mean of (post - pre) over the brightest 5 %% of the subtraction in the body / sigma
   motion    mm, largest rigid shift between a phase's body outline and the first post-contrast
             phase's (phase correlation); 0 = aligned
-  ghosting  ghost-to-signal ratio: signal where the body lands shifted by N/2 (noise floor
-            removed: sqrt(mean(M^2) - 2 sigma^2)) / body mean; the largest over the axes; 0 = none
+  ghosting  ghost-to-signal ratio: signal where the body lands shifted by N/2, background
+            removed on squares, sqrt(m2(ghost) - m2(air)), over the body mean; the largest over
+            the axes; 0 = none
   blur      mm, 10-90 %% edge width of the mean profile across the body outline; higher = blurrier
   quality   per center: mean of robust z-scores (median/MAD) of the scores, signed so that higher
             is better (snr, cnr up; motion, ghosting, blur down)
