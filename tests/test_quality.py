@@ -185,3 +185,13 @@ def test_help_explains_scores(capsys):
     text = capsys.readouterr().out
     for s in quality.SCORES + ("quality",):
         assert f"  {s}" in text
+
+
+def test_zero_padded_air_uses_residual_estimate():
+    rng = np.random.default_rng(2)
+    body = ellipsoid()
+    img = np.stack([body * (100 + rng.normal(0, 4, SHAPE)), body * (130 + rng.normal(0, 4, SHAPE))])
+    s = quality.scores(img.astype(np.float32), SPACING)     # exactly 0 outside: no usable air
+    assert s["noise_source"] == "residual"
+    assert s["noise_sigma"] == pytest.approx(4.0, rel=0.15)
+    assert s["snr"] == pytest.approx(130 / 4, rel=0.15)
