@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-CODE_VERSION = 2
+CODE_VERSION = 4
 SCORES = ("snr", "cnr", "motion", "ghosting", "blur")
 COLUMNS = ("patient_id", "center") + SCORES + ("quality",)
 # +1: higher is better, -1: lower is better (the sign of each score in the composite)
@@ -64,15 +64,17 @@ Z_CLIP = 5.0
 
 # ----------------------------------------------------------------------------- masks
 def body_mask(vol: np.ndarray) -> np.ndarray:
-    """Otsu foreground of ``log(1 + vol)``: its largest connected component with holes filled."""
+    """Otsu foreground of ``log(1 + vol)``, opened by one voxel: its largest connected component
+    with holes filled."""
     from skimage.filters import threshold_otsu
     v = np.asarray(vol, np.float32)
     if not np.isfinite(v).all() or v.max() <= v.min():
         return np.zeros(v.shape, bool)
     # Otsu on log intensities: air (noise level) against all tissue, whatever its contrast (on raw
-    # intensities a bright enhancing heart pushes the threshold above the fat and muscle)
+    # intensities a bright enhancing heart pushes the threshold above the fat and muscle);
+    # opened (one voxel) so that noise voxels above the threshold do not fray the outline
     lv = np.log1p(np.maximum(v - v.min(), 0))
-    m = lv > threshold_otsu(lv)
+    m = ndimage.binary_opening(lv > threshold_otsu(lv))
     lab, n = ndimage.label(m)
     if n > 1:
         sizes = np.bincount(lab.ravel())
@@ -120,12 +122,12 @@ def noise_sigma(vol: np.ndarray, body: np.ndarray, air=None) -> tuple[float, str
 def residual_sigma(vol: np.ndarray, body: np.ndarray) -> float:
     """Noise sigma from a high-pass residual inside the body: ``r = x - mean(6 face neighbours)``
     has variance ``(1 + 1/6) sigma^2`` for white noise, so ``sigma = 1.4826 MAD(r) / sqrt(7/6)``.
-    Texture and edges inflate it, so the body is eroded first."""
+    Texture and edges inflate it, so the body is eroded first (3 voxels)."""
     v = np.asarray(vol, np.float32)
     k = np.zeros((3, 3, 3), np.float32)
     k[0, 1, 1] = k[2, 1, 1] = k[1, 0, 1] = k[1, 2, 1] = k[1, 1, 0] = k[1, 1, 2] = 1 / 6
     r = v - ndimage.convolve(v, k, mode="nearest")
-    inner = ndimage.binary_erosion(body, iterations=2)
+    inner = ndimage.binary_erosion(body, iterations=3)
     if inner.sum() < 10:
         inner = body
     x = r[inner]

@@ -195,3 +195,13 @@ def test_zero_padded_air_uses_residual_estimate():
     assert s["noise_source"] == "residual"
     assert s["noise_sigma"] == pytest.approx(4.0, rel=0.15)
     assert s["snr"] == pytest.approx(130 / 4, rel=0.15)
+
+
+def test_blur_does_not_follow_noise():
+    rng = np.random.default_rng(3)
+    clean = ndimage.gaussian_filter(ellipsoid() * 100.0, [1.5 / s for s in SPACING])
+    widths = []
+    for sigma in (1.0, 5.0, 10.0):
+        img = rician(clean, sigma, rng).astype(np.float32)
+        widths.append(quality.scores(np.stack([img, img]), SPACING)["blur"])
+    assert max(widths) - min(widths) < 0.1 * widths[0], widths
