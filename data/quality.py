@@ -334,11 +334,11 @@ def _score_case(args) -> dict:
         except (OSError, ValueError, AttributeError):
             pass
     t0 = time.perf_counter()
+    image, spacing, _ = mamamia.load_image(case)       # its errors name the file at fault
     try:
-        image, spacing, _ = mamamia.load_image(case)
-    except Exception as exc:  # name the case: the error is about its files
-        raise type(exc)(f"{case.patient_id} ({case.phase_paths[0].parent}): {exc}") from exc
-    s = scores(image, spacing)
+        s = scores(image, spacing)
+    except ValueError as exc:
+        raise ValueError(f"{case.patient_id} ({case.phase_paths[0].parent}): {exc}") from exc
     s["seconds"] = round(time.perf_counter() - t0, 3)
     if cache_dir is not None:
         atomic_write_text(_cache_path(cache_dir, case), json.dumps({"key": key, "scores": s}))
