@@ -393,13 +393,13 @@ scores (one row per case, on the case's own grid, no mask needed):
   snr       mean body signal / noise sigma; body = Otsu of the first post-contrast phase; sigma from
             air: std / sqrt(2 - pi/2) (Rayleigh correction, Dietrich 2007 / MRIQC snr_dietrich);
             without usable air, from the MAD of a high-pass residual inside the body
-  cnr       mean of (post - pre) over the brightest 5 %% of the subtraction in the body / sigma
+  cnr       mean of (post - pre) over the brightest 5 % of the subtraction in the body / sigma
   motion    mm, largest rigid shift between a phase's body outline and the first post-contrast
             phase's (phase correlation); 0 = aligned
   ghosting  ghost-to-signal ratio: signal where the body lands shifted by N/2, background
             removed on squares, sqrt(m2(ghost) - m2(air)), over the body mean; the largest over
             the axes; 0 = none
-  blur      mm, 10-90 %% edge width of the mean profile across the body outline; higher = blurrier
+  blur      mm, 10-90 % edge width of the mean profile across the body outline; higher = blurrier
   quality   per center: mean of robust z-scores (median/MAD) of the scores, signed so that higher
             is better (snr, cnr up; motion, ghosting, blur down)
 """
