@@ -3,16 +3,17 @@
 Scores (see :func:`scores`; ``image`` is ``(C, X, Y, Z)`` with channel 0 the pre-contrast phase and
 channel 1 the first post-contrast phase, the order :func:`data.mamamia.load_image` returns):
 
-- ``snr``: mean body signal over the noise sigma. Body: Otsu threshold of the first post-contrast
-  phase (largest component, holes filled). Noise: MRIQC's air-based estimate with the Rayleigh
-  correction for magnitude images, ``sigma = std(air) / sqrt(2 - pi/2)`` (Dietrich et al. 2007,
-  JMRI 26:375; MRIQC ``snr_dietrich``). Air (:func:`air_values`) excludes a margin around the body,
-  the regions where N/2 ghosts of the body fall, and values above 4 sigma of a first estimate from
-  the air median (Rayleigh median = sigma sqrt(2 ln 2)). Without usable air (fewer than ``MIN_AIR`` non-zero air voxels, e.g.
-  a zero-padded or body-filling field of view) the fallback is the median absolute deviation of a
-  high-pass residual inside the body (the voxel minus the mean of its 6 face neighbours, whose
-  variance is ``7/6 sigma^2`` for white noise), ``sigma = 1.4826 MAD / sqrt(7/6)``; the key
-  ``noise_source`` says which was used ("air" or "residual").
+- ``snr``: mean body signal over the noise sigma. Body (:func:`body_mask`): Otsu threshold of
+  ``log(1 + x)`` of the first post-contrast phase, opened by one voxel, largest component, holes
+  filled. Noise: MRIQC's air-based estimate with the Rayleigh correction for magnitude images,
+  ``sigma = std(air) / sqrt(2 - pi/2)`` (Dietrich et al. 2007, JMRI 26:375; MRIQC
+  ``snr_dietrich``). Air (:func:`air_values`) excludes a margin around the body, the regions where
+  N/2 ghosts of the body fall, and values above 4 sigma of a first estimate from the air median
+  (Rayleigh median = sigma sqrt(2 ln 2)). Without usable air (fewer than ``MIN_AIR`` non-zero air
+  voxels, e.g. a zero-padded or body-filling field of view) the fallback is the median absolute
+  deviation of a high-pass residual inside the body (the voxel minus the mean of its 6 face
+  neighbours, whose variance is ``7/6 sigma^2`` for white noise), ``sigma = 1.4826 MAD /
+  sqrt(7/6)``; the key ``noise_source`` says which was used ("air" or "residual").
 - ``cnr``: enhancement contrast, ``mean(post - pre)`` over the brightest 5 % of the subtraction
   inside the body, over the noise sigma.
 - ``motion``: inter-phase misalignment in mm: the rigid shift between the body-outline map of each
@@ -27,7 +28,8 @@ channel 1 the first post-contrast phase, the order :func:`data.mamamia.load_imag
   kept (an axis whose ghost region is smaller than ``MIN_GHOST`` voxels is skipped).
 - ``blur``: effective edge width in mm at the body outline: the 10-90 % rise distance of the mean
   intensity profile sampled along the outward normal of the outline (for a step blurred by a
-  Gaussian of sigma s this is 2.563 s). Higher = blurrier.
+  Gaussian of sigma s this is 2.563 s). Higher = blurrier. It also reflects the anatomy at the
+  outline: on the phantom, fat-suppressed scans (dark fat under a thin bright skin) read sharper.
 - ``quality``: composite over a dataset, higher is better: per center, robust z-scores
   ``(x - median) / (1.4826 MAD)`` of each score, signed so that higher is better (snr, cnr up;
   motion, ghosting, blur down), clipped to [-5, 5], averaged over the finite ones.
