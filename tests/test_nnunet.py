@@ -56,5 +56,9 @@ def test_export_passes_nnunets_integrity_check(tmp_path):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     ds = write_tiny_dataset(tmp_path / "ds", n=7)
     out = tmp_path / "Dataset103_Tiny"
-    nnunet.main(["export", "--data", str(ds), "--out", str(out)])
-    verify_dataset_integrity(str(out), num_processes=1)
+    assert nnunet.main(["export", "--data", str(ds), "--out", str(out)]) == 0
+    verify_dataset_integrity(str(out), num_processes=1)          # raises on any inconsistency
+    # the check is not vacuous: the same dataset with one label missing fails it
+    (out / "labelsTr" / "DUKE_003.nii.gz").unlink()
+    with pytest.raises(Exception):
+        verify_dataset_integrity(str(out), num_processes=1)
