@@ -104,6 +104,9 @@ def run(args) -> int:
     else:
         runs = [RunDir.latest(args.runs_dir)]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist = Distributed.from_env()                 # torchrun: every rank predicts its share
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     cases = input_cases(args.data, args.input, args.split, ids=[i for i in (args.ids or "").split(",") if i] or None)
     members = load_members(runs, args.ensemble, args.checkpoint, device)
     use_lcc = False if args.no_lcc else (True if args.lcc else lcc_helps(runs))
@@ -113,10 +116,6 @@ def run(args) -> int:
     out = Path(args.output) if args.output else predictions_root() / "_".join(r.name for r in runs)
     folder = OutputFolder(out)
     producer = OutputFolder.producer([m.checkpoint for m in members], settings.to_dict())
-    dist = Distributed.from_env()                 # torchrun: every rank predicts its share
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        members = load_members(runs, args.ensemble, args.checkpoint, device)
     if dist.rank == 0:
         folder.lock()                             # one writer per folder: the job, held by rank 0
     try:
