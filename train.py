@@ -71,6 +71,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--max-cases", type=int, metavar="N",
                    help="train on N of the selected cases, drawn reproducibly and stratified by center")
     d.add_argument("--sample-seed", type=int, help="seed of the --max-cases draw (default 0)")
+    d.add_argument("--select", metavar="RULE",
+                   help="keep the cases that satisfy RULE, over image-quality scores (snr, cnr, motion, "
+                        "ghosting, blur, quality; see python -m data.quality) and record fields (center, "
+                        "age, menopause, density, subtype, manufacturer, field_strength, n_phases, ...), "
+                        "e.g. \"quality>=-0.5\" or \"motion<=1.0 and center!=ISPY1\"")
+    d.add_argument("--drop-worst", metavar="P%|N",
+                   help="leave out the P%% (or N) cases with the lowest quality composite, after --select")
+    d.add_argument("--drop-worst-by", metavar="FIELD",
+                   help="apply --drop-worst within each value of FIELD, e.g. center (default: all cases)")
     d.add_argument("--phases", help="phases as input channels, e.g. 0-2 (default 0,1,2); "
                    "cases with fewer phases are skipped with a warning")
     d.add_argument("--budget", help="planning budget: cpu, 8GB (default on CUDA), 40GB, 80GB, <n>GB")
@@ -152,7 +161,11 @@ def train_seg(args) -> int:
     if dist.enabled and device.type == "cuda":
         import torch
         device = torch.device("cuda", dist.local_rank)
-    root, cases = setup.select_cases(prep)
+    root, cases = setup.select_cases(prep, workers=args.workers, progress=not args.quiet,
+                                     cache_dir=args.cache_dir)
+    table = setup.selection_table(prep)
+    if table and dist.rank == 0:
+        print("cases per center after each selection step:\n" + table)
     plan = fp = None
     if prep.plan is None:
         plan, fp = setup.plan_run(prep, cases, device.type, args.workers, progress=not args.quiet)

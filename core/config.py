@@ -117,3 +117,6 @@ class DataSelection(planlib.Settings):
     cases: tuple[str, ...] = field(default=())
     max_cases: int | None = None        # a reproducible draw of this many cases, stratified by center
     sample_seed: int = 0
+    select: str | None = None           # a data.selection rule, e.g. "quality>=-0.5"
+    drop_worst: str | None = None       # "20%" or a count: the lowest-quality cases left out
+    drop_worst_by: str | None = None    # None: over all cases; a field (center): within each group

@@ -13,11 +13,13 @@ from core.config import FULL_FOLD
 from core.errors import UserError
 
 # flags that describe the run (stored in request.json, compared on --resume)
-DESCRIPTION = ("recipe", "data", "centers", "phases", "max_cases", "sample_seed", "arch", "size", "kernel", "loss",
+DESCRIPTION = ("recipe", "data", "centers", "phases", "max_cases", "sample_seed", "select", "drop_worst",
+               "drop_worst_by", "arch", "size", "kernel", "loss",
                "focal_gamma", "focal_alpha", "aug_set", "optimizer", "lr", "warmup", "early_stop",
                "schedule", "epochs", "iters", "val_iters", "batch_size", "augment", "seed", "budget",
                "spacing", "resampling", "normalisation", "clahe", "set", "grad_checkpoint", "amp")
-FOLD_FLAGS = ("data", "centers", "max_cases", "sample_seed")                    # change the cases, hence the folds
+# change the cases, hence the folds
+FOLD_FLAGS = ("data", "centers", "max_cases", "sample_seed", "select", "drop_worst", "drop_worst_by")
 PLAN_FLAGS = ("phases", "budget", "spacing", "resampling", "normalisation", "clahe")  # fixed by the weights
 RESAMPLINGS = planlib.RESAMPLING
 NORMALISATIONS = planlib.NORMALISATIONS
@@ -88,6 +90,9 @@ class TrainRequest:
     early_stop: int | None = None
     max_cases: int | None = None
     sample_seed: int | None = None
+    select: str | None = None
+    drop_worst: str | None = None
+    drop_worst_by: str | None = None
     upkern_from: str | None = None
     upkern_fold: str | None = None
     new_splits: bool = False
@@ -160,6 +165,16 @@ def _check_overrides(items) -> list[str]:
     return out
 
 
+def _check_selection(req: TrainRequest) -> None:
+    from data import selection
+    if req.select is not None:
+        selection.parse_rule(req.select)
+    selection.parse_drop(req.drop_worst)
+    selection.check_by(req.drop_worst_by)
+    if req.drop_worst_by is not None and req.drop_worst is None:
+        raise UserError("--drop-worst-by needs --drop-worst")
+
+
 def check_flags(req: TrainRequest) -> None:
     """The checks that need no torch (so a wrong flag fails at once), in the order of --help."""
     import nets
@@ -207,6 +222,7 @@ def check_flags(req: TrainRequest) -> None:
     if req.phases is not None:
         parse_phases(req.phases)
     _check_overrides(req.set)
+    _check_selection(req)
     if req.data and not Path(req.data).is_dir():
         raise UserError(f"--data {req.data}: folder not found")
 
@@ -263,6 +279,9 @@ def effective(req: TrainRequest, device_type: str) -> dict:
         "recipe": req.recipe, "aug_set": list(req.aug_set or []), "focal_gamma": req.focal_gamma, "focal_alpha": req.focal_alpha,
         "warmup": req.warmup or 0, "early_stop": req.early_stop, "max_cases": req.max_cases,
         "sample_seed": req.sample_seed or 0,
+        "select": req.select.strip() if req.select is not None else None,
+        "drop_worst": req.drop_worst.strip() if req.drop_worst is not None else None,
+        "drop_worst_by": None if req.drop_worst_by in (None, "all") else req.drop_worst_by,
     }
 
 

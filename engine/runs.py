@@ -112,6 +112,7 @@ class RunDir:
     data_path = property(lambda self: self.path / "data.json")
     splits_path = property(lambda self: self.path / "splits.json")
     request_path = property(lambda self: self.path / "request.json")
+    selection_path = property(lambda self: self.path / "selection.json")   # what --select etc. kept
     pcr_model_path = property(lambda self: self.path / "pcr_model.pt")
     report_path = property(lambda self: self.path / "report.json")
     oof_path = property(lambda self: self.path / "oof_predictions.csv")

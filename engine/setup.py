@@ -48,6 +48,7 @@ class Prepared:
     source: RunDir | None = None         # the UpKern source
     cases: list = field(default_factory=list)
     fingerprint: object = None
+    selection: dict | None = None        # what the selection kept and dropped (selection.json)
 
 
 def default_run_name(eff: dict, kernel: int | None) -> str:
@@ -121,7 +122,8 @@ def prepare(req: TrainRequest, device_type: str = "cpu") -> Prepared:
         raise UserError(f"{run.path}: exists but holds no run description (config.json); "
                         "remove it or choose another --run")
     data = DataSelection(root=eff["data"] or "", centers=eff["centers"], phases=eff["phases"],
-                         max_cases=eff["max_cases"], sample_seed=eff["sample_seed"])
+                         max_cases=eff["max_cases"], sample_seed=eff["sample_seed"], select=eff["select"],
+                         drop_worst=eff["drop_worst"], drop_worst_by=eff["drop_worst_by"])
     return Prepared(run, config=None, plan=None, data=data, request=eff, folds=folds, splits=None,
                     resume=False)
 
@@ -184,7 +186,9 @@ def _prepare_upkern(req, eff, explicit, folds) -> Prepared:
                  "batch_size": src_cfg.batch_size, "augment": src_cfg.augment, "seed": src_cfg.seed,
                  "amp": src_cfg.amp, "data": src_data.root or None, "centers": src_data.centers and list(src_data.centers),
                  "phases": list(src_data.phases), "max_cases": src_data.max_cases,
-                 "sample_seed": src_data.sample_seed, "early_stop": src_cfg.early_stop,
+                 "sample_seed": src_data.sample_seed, "select": src_data.select,
+                 "drop_worst": src_data.drop_worst, "drop_worst_by": src_data.drop_worst_by,
+                 "early_stop": src_cfg.early_stop,
                  "warmup": src_cfg.warmup_epochs, "focal_gamma": src_cfg.focal_gamma,
                  "aug_set": list(src_cfg.augment_overrides),
                  "focal_alpha": src_cfg.focal_alpha}
@@ -235,7 +239,9 @@ def _prepare_upkern(req, eff, explicit, folds) -> Prepared:
     plan = dataclasses.replace(plan, archs={network.name: arch})
     merged["kernel"] = eff["kernel"]
     data = DataSelection(root=merged["data"] or "", centers=merged["centers"], phases=merged["phases"],
-                         max_cases=merged.get("max_cases"), sample_seed=merged.get("sample_seed") or 0)
+                         max_cases=merged.get("max_cases"), sample_seed=merged.get("sample_seed") or 0,
+                         select=merged.get("select"), drop_worst=merged.get("drop_worst"),
+                         drop_worst_by=merged.get("drop_worst_by"))
     config = _config(merged, network, folds, upkern_from=str(src.path) if Path(req.upkern_from).is_dir()
                      and len(Path(req.upkern_from).parts) > 1 else src.name, upkern_fold=source_fold)
     splits = None if req.new_splits else src_splits
@@ -276,24 +282,81 @@ def draw_cases(cases, n: int, seed: int):
 
 # ----------------------------------------------------------------------------- data and plan
 
-def select_cases(prep: Prepared):
-    """The training cases of the selection (train split, expert mask, phases present)."""
+def select_cases(prep: Prepared, workers: int = 1, progress: bool = False, cache_dir=None):
+    """The training cases of the selection, in this order: the train split with an expert mask
+    and the input phases (``--centers``, ``--phases``), then ``--select`` and ``--drop-worst``
+    (data.selection; quality scores of every case of the dataset, cached), then the
+    ``--max-cases`` draw. A resumed run keeps the cases it was created with. Sets
+    ``prep.selection`` (rule, per-center counts after each stage, dropped ids with reasons)."""
     from data import mamamia
+    from data import selection as sel
     root = dataset_root(prep.data.root or None)
-    cases = mamamia.load_dataset(root)
-    has_split = any(c.split for c in cases)
-    cases = mamamia.select(cases, centers=prep.data.centers, phases=list(prep.data.phases),
+    all_cases = mamamia.load_dataset(root)
+    has_split = any(c.split for c in all_cases)
+    cases = mamamia.select(all_cases, centers=prep.data.centers, phases=list(prep.data.phases),
                            split="train" if has_split else None)
     cases, _ = mamamia.training_selection(cases)   # one summary line for cases without a mask
+    stages = [("available", cases)]
+    dropped: dict[str, str] = {}
+    rule = sel.parse_rule(prep.data.select) if prep.data.select else None
+    drop = sel.parse_drop(prep.data.drop_worst)
+    if prep.resume and prep.data.cases:
+        stored = set(prep.data.cases)
+        kept = [c for c in cases if c.patient_id in stored]
+        if len(kept) != len(stored):
+            lost = sorted(stored - {c.patient_id for c in kept})
+            raise UserError(f"{prep.run.path}: {len(lost)} case(s) the run was created with are not in "
+                            f"{root} any more (or lack an expert mask or a phase): {lost[:10]}")
+        return root, kept
+    if rule is not None or drop is not None:
+        scores = None
+        if sel.needs_quality(rule, drop):
+            from data import quality
+            from engine.runs import cache_root
+            log.info("quality scores of %d case(s) (cached in %s)", len(all_cases),
+                     cache_root(root, "quality", cache_dir))
+            try:
+                rows = quality.score_dataset(all_cases, workers=workers, progress=progress,
+                                             cache_dir=cache_root(root, "quality", cache_dir))
+            except (ValueError, OSError) as exc:
+                raise UserError(f"quality scores for --select/--drop-worst: {exc}") from None
+            scores = {r["patient_id"]: r for r in rows}
+        out = sel.apply(cases, rule, None, None, scores)
+        if rule is not None:
+            stages.append(("select", out.kept))
+        if drop is not None:
+            out = sel.apply(cases, rule, drop, prep.data.drop_worst_by, scores)
+            stages.append(("drop-worst", out.kept))
+        cases, dropped = out.kept, out.dropped
     if prep.data.max_cases is not None:
         n_all = len(cases)
-        cases = draw_cases(cases, prep.data.max_cases, prep.data.sample_seed)
+        drawn = draw_cases(cases, prep.data.max_cases, prep.data.sample_seed)
+        keep = {c.patient_id for c in drawn}
+        dropped.update({c.patient_id: "max-cases: not drawn" for c in cases if c.patient_id not in keep})
+        cases = drawn
+        stages.append(("max-cases", cases))
         log.info("--max-cases %d: %d of %d case(s) drawn (seed %d)", prep.data.max_cases, len(cases), n_all,
                  prep.data.sample_seed)
+    header, rows = sel.count_table(stages)
+    prep.selection = {"select": prep.data.select, "drop_worst": prep.data.drop_worst,
+                      "drop_worst_by": prep.data.drop_worst_by, "max_cases": prep.data.max_cases,
+                      "sample_seed": prep.data.sample_seed, "centers": prep.data.centers and list(prep.data.centers),
+                      "phases": list(prep.data.phases), "counts": {"header": header, "rows": rows},
+                      "kept": sorted(c.patient_id for c in cases), "dropped": dict(sorted(dropped.items()))}
     if len(cases) < N_FOLDS:
         raise UserError(f"{root}: {len(cases)} training case(s) with expert masks after selection; "
-                        f"{N_FOLDS}-fold cross-validation needs at least {N_FOLDS}")
+                        f"{N_FOLDS}-fold cross-validation needs at least {N_FOLDS}\n"
+                        + sel.format_table(header, rows))
     return root, cases
+
+
+def selection_table(prep: Prepared) -> str | None:
+    """The per-center count table of a selection beyond centers and phases (None otherwise)."""
+    from data import selection as sel
+    if not prep.selection or len(prep.selection["counts"]["header"]) <= 2:
+        return None
+    c = prep.selection["counts"]
+    return sel.format_table(c["header"], c["rows"])
 
 
 def plan_run(prep: Prepared, cases, device_type: str, workers: int, progress: bool):
@@ -354,3 +417,5 @@ def create(prep: Prepared) -> None:
     """Write the run folder's description (a new run or an UpKern target)."""
     prep.run.save_description(prep.config, prep.plan, prep.data, prep.splits, prep.fingerprint)
     prep.run.write_json(prep.run.request_path, {**prep.request, "data": prep.data.root})
+    if prep.selection is not None:
+        prep.run.write_json(prep.run.selection_path, prep.selection)
