@@ -1,6 +1,7 @@
-"""Export a trained run: a TorchScript model of one fold, or a shareable zip of the run.
+"""Export a trained run: a TorchScript or ONNX model of one fold, or a shareable zip of the run.
 
     python -m engine.export RUN --format torchscript --out model.pt [--fold K]
+    python -m engine.export RUN --format onnx --out model.onnx [--fold K]
     python -m engine.export RUN --zip run.zip            # weights, plan, config, splits, CV summary
     python -m engine.export --import-zip run.zip --as NAME
 
@@ -8,6 +9,11 @@ TorchScript: the fold's final network in eval mode (one output tensor), traced o
 the plan's size, with ``plan.json`` and ``config.json`` as extra files so the model can be
 preprocessed for without this project; the traced model's output is checked against PyTorch's
 on a random patch (max abs difference <= 1e-4) before the file is kept.
+
+ONNX: the same network for ONNX Runtime (and any ONNX consumer), batch axis dynamic, plan and
+config as metadata properties, checked the same way with ONNX Runtime where it is installed
+(``pip install onnx onnxruntime``; optional, never needed by training or inference here).
+The network-level exporters are ``nets.export``; this module reads run folders around them.
 
 Zip: the run's description (config, plan, data selection, folds, request, CV summary) and per
 fold a checkpoint without optimiser state (weights, plan, config, epoch), read back by
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import sys
 import zipfile
 from pathlib import Path
@@ -30,14 +37,17 @@ from core.errors import UserError
 from core import plan as planlib
 from engine.runs import CHECKPOINTS, RunDir, fold_name
 from nets import checkpoint as ckptlib
+from nets import export as netexport
 
+log = logging.getLogger(__name__)
 TOLERANCE = 1e-4
 DESCRIPTION_FILES = ("config.json", "plan.json", "data.json", "splits.json", "request.json", "cv_summary.json",
-                     "cv_summary.csv")
+                     "cv_summary.csv", "selection.json")
 
 
-def export_torchscript(run: RunDir, out: Path, fold: int | None = None, which: str = "final") -> dict:
-    """Trace fold ``fold`` (default: the first with a ``which`` checkpoint) to TorchScript."""
+def _fold_model(run: RunDir, fold: int | None, which: str):
+    """The checkpoint state and the eval-mode float network of ``fold`` (default: the first
+    fold with a ``which`` checkpoint)."""
     folds = [f for f in run.folds() if run.checkpoint(f, which).is_file()]
     if not folds:
         raise UserError(f"{run.path}: no checkpoint_{which}.pt to export")
@@ -45,22 +55,53 @@ def export_torchscript(run: RunDir, out: Path, fold: int | None = None, which: s
     if fold not in folds:
         raise UserError(f"{run.path}: fold {fold_name(fold)} has no checkpoint_{which}.pt (have {folds})")
     state = ckptlib.load(run.checkpoint(fold, which))
-    model = ckptlib.build_from(state).float()
+    return fold, state, ckptlib.build_from(state).float().eval()
+
+
+def _patches(plan, batch: int = 1):
+    """Two reproducible random patches of the plan's size."""
+    return [torch.randn(batch, len(plan.channels), *plan.patch_size, generator=torch.Generator().manual_seed(s))
+            for s in (0, 1)]
+
+
+def _extra(state) -> dict[str, str]:
+    return {"plan.json": planlib.to_json(state["plan"]), "config.json": json.dumps(state["config"].to_dict())}
+
+
+def export_torchscript(run: RunDir, out: Path, fold: int | None = None, which: str = "final") -> dict:
+    """Trace fold ``fold`` (default: the first with a ``which`` checkpoint) to TorchScript."""
+    fold, state, model = _fold_model(run, fold, which)
     plan = state["plan"]
-    x = torch.randn(1, len(plan.channels), *plan.patch_size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        traced = torch.jit.trace(model, x, check_trace=False)
-        ref = model(x)
-        extra = {"plan.json": planlib.to_json(plan), "config.json": json.dumps(state["config"].to_dict())}
-        buf = io.BytesIO()
-        torch.jit.save(traced, buf, _extra_files=extra)
-        loaded = torch.jit.load(io.BytesIO(buf.getvalue()))
-        y = torch.randn(1, len(plan.channels), *plan.patch_size, generator=torch.Generator().manual_seed(1))
-        diff = max(float((loaded(x) - ref).abs().max()), float((loaded(y) - model(y)).abs().max()))
+    data, diff = netexport.torchscript_bytes(model, _patches(plan), _extra(state))
     if diff > TOLERANCE:
         raise RuntimeError(f"TorchScript output differs from PyTorch by {diff:.3g} (> {TOLERANCE}); not written")
-    atomic_write(out, buf.getvalue())
+    atomic_write(out, data)
     return {"file": str(out), "fold": fold_name(fold), "max_abs_diff": diff, "patch": list(plan.patch_size)}
+
+
+def export_onnx(run: RunDir, out: Path, fold: int | None = None, which: str = "final") -> dict:
+    """Fold ``fold`` as an ONNX model (``nets.export.onnx_bytes``), checked on a batch of two
+    patches and on one (the batch axis is dynamic); written only when ONNX Runtime's output equals
+    PyTorch's within :data:`TOLERANCE`, or unchecked (``"checked": false``, a warning) where
+    onnxruntime is not installed."""
+    fold, state, model = _fold_model(run, fold, which)
+    plan = state["plan"]
+    x, y = _patches(plan, batch=2)
+    try:
+        data, diff = netexport.onnx_bytes(model, [x, y[:1]], _extra(state))
+    except ImportError as exc:
+        raise UserError(f"--format onnx needs the onnx package ({exc}): pip install onnx onnxruntime "
+                        "(the project's [onnx] extra)") from None
+    result = {"file": str(out), "fold": fold_name(fold), "patch": list(plan.patch_size),
+              "opset": netexport.ONNX_OPSET, "checked": diff is not None}
+    if diff is None:
+        log.warning("onnxruntime is not installed: %s written without comparing its output to PyTorch's", out)
+    elif diff > TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime output differs from PyTorch by {diff:.3g} (> {TOLERANCE}); not written")
+    else:
+        result["max_abs_diff"] = diff
+    atomic_write(out, data)
+    return result
 
 
 def export_zip(run: RunDir, out: Path, which: str = "final") -> dict:
@@ -136,7 +177,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", help="run name or folder to export")
     p.add_argument("--runs-dir", help="folder of runs (default ./runs or $MAMAMIA_RUNS)")
-    p.add_argument("--format", choices=("torchscript",), help="export one fold's network")
+    p.add_argument("--format", choices=("torchscript", "onnx"), help="export one fold's network")
     p.add_argument("--fold", help="fold to export (default: the first trained; 'full' for --fold full runs)")
     p.add_argument("--checkpoint", choices=("final", "best"), default="final")
     p.add_argument("--out", help="output file of --format")
@@ -161,9 +202,10 @@ def main(argv=None) -> int:
             if not args.out:
                 raise UserError("--format needs --out FILE")
             fold = None if args.fold is None else (-1 if args.fold == "full" else int(args.fold))
-            print(export_torchscript(run, Path(args.out), fold, args.checkpoint))
+            exporter = export_onnx if args.format == "onnx" else export_torchscript
+            print(exporter(run, Path(args.out), fold, args.checkpoint))
         if not args.zip and not args.format:
-            raise UserError("nothing to do: give --format torchscript --out FILE and/or --zip FILE")
+            raise UserError("nothing to do: give --format torchscript|onnx --out FILE and/or --zip FILE")
         return 0
     return run_entry_point("engine.export", go)
 

@@ -116,6 +116,17 @@ class DepthwiseConv3d(nn.Conv3d):
         return super().forward(x)
 
 
+def exporting() -> bool:
+    """True while ``torch.onnx.export`` traces the network: memory layouts do not exist in an
+    ONNX graph, so the layout conversions of the CPU fast paths are left out of it."""
+    return torch.onnx.is_in_onnx_export()
+
+
+def contiguous(x: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """``x.contiguous(memory_format)``, or ``x`` itself while exporting to ONNX."""
+    return x if exporting() else x.contiguous(memory_format=memory_format)
+
+
 class PointwiseConv3d(nn.Conv3d):
     """1x1x1 convolution (same parameters as ``nn.Conv3d(cin, cout, 1)``).
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from nets.blocks import MedNeXtBlock, PointwiseConv3d
+from nets.blocks import MedNeXtBlock, PointwiseConv3d, contiguous
 
 # MedNeXt v1 sizes (create_mednext_v1.py): expansion ratio and block count per level, in the order
 # enc0..enc3, bottleneck, dec3..dec0.
@@ -110,7 +110,7 @@ class MedNeXt(nn.Module):
         supervision is on and the module is training, else ``(B, num_classes, X, Y, Z)``."""
         _check_patch(x.shape[2:])
         if self.channels_last or (self.channels_last is None and x.device.type == "cpu"):
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+            x = contiguous(x, torch.channels_last_3d)
         x = self.stem(x)
         skips = []
         for level in range(4):
@@ -124,7 +124,7 @@ class MedNeXt(nn.Module):
             x = self._stack(self.dec[level], self._run(self.up[level], x) + skips[level])
             if all_heads or level == 0:
                 outputs.append(self.heads[level](x))
-        outputs = [o.contiguous() for o in outputs[::-1]]
+        outputs = [contiguous(o) for o in outputs[::-1]]
         return outputs if all_heads else outputs[0]
 
     def activation_elements(self, patch_size: Sequence[int], batch_size: int = 1) -> int:

@@ -35,7 +35,7 @@ from torch import nn
 
 from core.planner import conv_feature_map_elements
 
-from nets.blocks import ConvStack, Triple, as_triple, he_init_
+from nets.blocks import ConvStack, Triple, as_triple, contiguous, he_init_
 
 
 def _per_stage(value: int | Sequence[int], n: int, name: str) -> list[int]:
@@ -128,7 +128,7 @@ class UNet(nn.Module):
         """``(B, in_channels, X, Y, Z)`` -> logits (see the output contract in the module docstring)."""
         _check_patch(x.shape[2:], self.strides)
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+            x = contiguous(x, torch.channels_last_3d)
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -138,7 +138,7 @@ class UNet(nn.Module):
         for s in range(len(self.features) - 2, -1, -1):
             x = self.decoder[s](torch.cat((self.up[s](x), skips[s]), dim=1))
             if all_heads or s == 0:
-                outputs.append(self.heads[s](x).contiguous())
+                outputs.append(contiguous(self.heads[s](x)))
         return outputs[::-1] if all_heads else outputs[0]
 
     def activation_elements(self, patch_size: Sequence[int], batch_size: int = 1) -> int:
