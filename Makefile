@@ -36,10 +36,13 @@ demo: venv
 	$(PY) eval.py --subgroups age,density --pred $(DEMO_PRED)
 	$(PY) eval.py --task pcr --subgroups age,menopause --pred $(DEMO_PRED)
 
+# The tests also cover the optional ONNX export, so they install its extra (onnx, onnxruntime).
 test: venv
+	@$(PY) -c "import onnx, onnxruntime" 2>/dev/null || $(PY) -m pip install -q onnx onnxruntime
 	$(PY) -m pytest -q
 
 test-all: venv
+	@$(PY) -c "import onnx, onnxruntime" 2>/dev/null || $(PY) -m pip install -q onnx onnxruntime
 	$(PY) -m pytest -q -m ""
 
 clean-venv:
