@@ -53,6 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop when the moving-average validation pseudo-Dice has not improved for N epochs "
                         "(the best checkpoint is kept; resumable)")
     g.add_argument("--epochs", type=int, help="epochs (default: 1000 on GPU, 20 on CPU)")
+    g.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="minutes of training per fold: the first epoch is timed and the schedule shortened "
+                        "to the epochs that fit (at most --epochs; at least 3; printed), so a slower machine "
+                        "trains fewer epochs instead of taking longer")
     g.add_argument("--iters", type=int, help="iterations per epoch (default 250, CPU: 25)")
     g.add_argument("--val-iters", type=int, help="validation batches per epoch (default 50, CPU: 4)")
     g.add_argument("--batch-size", type=int, help="override the plan's batch size")

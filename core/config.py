@@ -69,6 +69,7 @@ class TrainConfig(planlib.Settings):
     upkern_fold: int | None = None      # its fold every target fold starts from (None: the same fold)
     early_stop: int | None = None       # stop after this many epochs without a better moving-average pseudo-Dice
     warmup_epochs: int = 0              # linear learning-rate warm-up (core.optim.scheduled_lr)
+    time_budget_min: float | None = None   # per fold: epochs sized from the first epoch's time (at most ``epochs``)
     format_version: int = CONFIG_FORMAT_VERSION
 
     def validate(self):
@@ -96,6 +97,8 @@ class TrainConfig(planlib.Settings):
             raise ValueError(f"folds {self.folds} must lie in 0..{self.n_folds - 1} (or {FULL_FOLD}: all cases)")
         if self.early_stop is not None and self.early_stop < 1:
             raise ValueError(f"early_stop must be >= 1 epoch, got {self.early_stop}")
+        if self.time_budget_min is not None and not self.time_budget_min > 0:
+            raise ValueError(f"time_budget_min must be > 0 minutes, got {self.time_budget_min}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs), got {self.warmup_epochs}")
 

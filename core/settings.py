@@ -21,7 +21,7 @@ import numpy as np
 ADDED_KEYS: dict[str, dict[str, Any]] = {
     "Plan": {"resampling": "cubic"},
     "TrainConfig": {"upkern_fold": None, "early_stop": None, "warmup_epochs": 0, "focal_gamma": None,
-                    "focal_alpha": None},
+                    "focal_alpha": None, "time_budget_min": None},
     "DataSelection": {"max_cases": None, "sample_seed": 0, "select": None, "drop_worst": None,
                       "drop_worst_by": None},
 }

@@ -17,7 +17,7 @@ DESCRIPTION = ("recipe", "data", "centers", "phases", "max_cases", "sample_seed"
                "drop_worst_by", "arch", "size", "kernel", "loss",
                "focal_gamma", "focal_alpha", "aug_set", "optimizer", "lr", "warmup", "early_stop",
                "schedule", "epochs", "iters", "val_iters", "batch_size", "augment", "seed", "budget",
-               "spacing", "resampling", "normalisation", "clahe", "set", "grad_checkpoint", "amp")
+               "spacing", "resampling", "normalisation", "clahe", "set", "grad_checkpoint", "amp", "time_budget")
 # change the cases, hence the folds
 FOLD_FLAGS = ("data", "centers", "max_cases", "sample_seed", "select", "drop_worst", "drop_worst_by")
 PLAN_FLAGS = ("phases", "budget", "spacing", "resampling", "normalisation", "clahe")  # fixed by the weights
@@ -88,6 +88,7 @@ class TrainRequest:
     aug_set: list[str] | None = None
     warmup: int | None = None
     early_stop: int | None = None
+    time_budget: float | None = None
     max_cases: int | None = None
     sample_seed: int | None = None
     select: str | None = None
@@ -198,6 +199,8 @@ def check_flags(req: TrainRequest) -> None:
             raise UserError(f"--{flag.replace('_', '-')} {v}: must be >= {lo}")
     if req.lr is not None and not req.lr > 0:
         raise UserError(f"--lr {req.lr}: must be > 0")
+    if req.time_budget is not None and not (req.time_budget > 0 and req.time_budget < float("inf")):
+        raise UserError(f"--time-budget {req.time_budget}: must be a positive number of minutes")
     if req.workers < 0:
         raise UserError(f"--workers {req.workers}: must be >= 0")
     if req.upkern_fold is not None:
@@ -278,6 +281,7 @@ def effective(req: TrainRequest, device_type: str) -> dict:
         "grad_checkpoint": bool(req.grad_checkpoint), "amp": req.amp if req.amp is not None else True,
         "recipe": req.recipe, "aug_set": list(req.aug_set or []), "focal_gamma": req.focal_gamma, "focal_alpha": req.focal_alpha,
         "warmup": req.warmup or 0, "early_stop": req.early_stop, "max_cases": req.max_cases,
+        "time_budget": req.time_budget,
         "sample_seed": req.sample_seed or 0,
         "select": req.select.strip() if req.select is not None else None,
         "drop_worst": req.drop_worst.strip() if req.drop_worst is not None else None,

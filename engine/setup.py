@@ -71,7 +71,7 @@ def _config(eff: dict, network: NetSpec, folds, upkern_from=None, upkern_fold=No
                            focal_gamma=eff.get("focal_gamma"), focal_alpha=eff.get("focal_alpha"),
                            augment_overrides=tuple(eff.get("aug_set") or ()),
                            upkern_from=upkern_from, upkern_fold=upkern_fold, early_stop=eff.get("early_stop"),
-                           warmup_epochs=eff.get("warmup") or 0)
+                           warmup_epochs=eff.get("warmup") or 0, time_budget_min=eff.get("time_budget"))
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -188,7 +188,7 @@ def _prepare_upkern(req, eff, explicit, folds) -> Prepared:
                  "phases": list(src_data.phases), "max_cases": src_data.max_cases,
                  "sample_seed": src_data.sample_seed, "select": src_data.select,
                  "drop_worst": src_data.drop_worst, "drop_worst_by": src_data.drop_worst_by,
-                 "early_stop": src_cfg.early_stop,
+                 "early_stop": src_cfg.early_stop, "time_budget": src_cfg.time_budget_min,
                  "warmup": src_cfg.warmup_epochs, "focal_gamma": src_cfg.focal_gamma,
                  "aug_set": list(src_cfg.augment_overrides),
                  "focal_alpha": src_cfg.focal_alpha}

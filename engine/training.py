@@ -123,6 +123,22 @@ def epochs_without_improvement(history: list[dict]) -> int:
     return len(emas) - 1 - max(range(len(emas)), key=lambda i: (emas[i], -i))
 
 
+# --time-budget never plans fewer epochs than this: the poly/cosine schedule needs a few epochs to
+# decay, and below ~3 epochs of the CPU plan's 25 iterations no network here segments at all
+MIN_BUDGET_EPOCHS = 3
+
+
+def budget_epochs(epoch_seconds: float, budget_min: float, max_epochs: int, warmup_epochs: int = 0) -> int:
+    """The epochs that fit ``budget_min`` minutes when one epoch (training and its online
+    validation) takes ``epoch_seconds``: ``floor(60 budget / epoch_seconds)``, at most
+    ``max_epochs``, at least :data:`MIN_BUDGET_EPOCHS` (and more than the warm-up) where
+    ``max_epochs`` allows. The first epoch, which is timed, is the slowest (workers starting,
+    first allocations), so the estimate errs on the short side."""
+    fit = math.floor(60.0 * budget_min / max(epoch_seconds, 1e-9))
+    floor_ = min(max_epochs, max(MIN_BUDGET_EPOCHS, warmup_epochs + 1))
+    return int(min(max_epochs, max(floor_, fit)))
+
+
 def _finite_weights(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
 
@@ -162,6 +178,9 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     start_epoch, history, ema, best = 0, [], None, -1.0
+    # epochs of this fold's schedule: --epochs, or what --time-budget found to fit after the first
+    # epoch (kept in the checkpoints, so a resumed fold keeps its schedule)
+    total, planned = cfg.epochs, cfg.time_budget_min is None
     latest = run.checkpoint(fold, "latest")
     if resume and latest.exists():
         state = ckptlib.load(latest, map_location=device)
@@ -171,9 +190,11 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"], state["history"]
         ema, best = state["ema"], state["best_ema"]
+        if state.get("planned_epochs") is not None:
+            total, planned = min(int(state["planned_epochs"]), cfg.epochs), True
         log.info("fold %s: resumed after epoch %d", fold_name(fold), start_epoch)
     elif resume and run.checkpoint(fold, "final").exists():
-        start_epoch = cfg.epochs
+        start_epoch, planned = cfg.epochs, True
     elif init is not None:
         report = init(model)
         log.info("UpKern: %s", {k: len(v) for k, v in vars(report).items()} if hasattr(report, "__dict__")
@@ -183,7 +204,8 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
                 "history": history, "ema": ema, "best_ema": best, "fold": fold, "split": split,
-                "plan": planlib.to_dict(plan), "config": cfg.to_dict()}
+                "plan": planlib.to_dict(plan), "config": cfg.to_dict(),
+                "planned_epochs": total if planned and cfg.time_budget_min is not None else None}
 
     def val_batch(epoch, it):
         rng = np.random.default_rng(seed_of(cfg.seed, fold, epoch, it, dist.rank, 1))
@@ -195,21 +217,22 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
                          num_workers=max(1, cfg.workers), device=device,
                          start=start_epoch * cfg.iters_per_epoch)
     bar = None
-    if progress and start_epoch < cfg.epochs:
+    if progress and start_epoch < total:
         from tqdm import tqdm
-        bar = tqdm(total=(cfg.epochs - start_epoch) * cfg.iters_per_epoch, desc=f"fold {name}",
+        bar = tqdm(total=(total - start_epoch) * cfg.iters_per_epoch, desc=f"fold {name}",
                    unit="it", dynamic_ncols=True)
-    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    stop_at = math.inf if stop_after is None else start_epoch + stop_after
     stopped_early = None
+    epoch = start_epoch
     try:
-        for epoch in range(start_epoch, end_epoch):
+        while epoch < min(total, stop_at):
             if val_iters and epochs_without_improvement(history) >= (cfg.early_stop or math.inf):
                 stopped_early = epoch
                 log.info("fold %s: early stop after epoch %d: no better moving-average pseudo-Dice for %d "
                          "epochs (best checkpoint kept)", name, epoch, cfg.early_stop)
                 break
             t0 = time.time()
-            set_lr(optimizer, scheduled_lr(cfg.schedule, lr0, epoch, cfg.epochs, cfg.warmup_epochs))
+            set_lr(optimizer, scheduled_lr(cfg.schedule, lr0, epoch, total, cfg.warmup_epochs))
             ddp_model.train()
             losses, waits = [], []
             for it in range(cfg.iters_per_epoch):
@@ -268,6 +291,11 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
                     f"and that state was not saved. The last trusted state is "
                     f"{latest if latest.exists() else 'none'} ({epoch} epoch(s) done); continue with "
                     "--resume, or start a new run with a lower --lr.")
+            if not planned:
+                total, planned = _plan_budget(cfg, history[-1]["seconds"], dist, name), True
+                if bar is not None:
+                    bar.total = (total - start_epoch) * cfg.iters_per_epoch
+                    bar.refresh()
             if dist.rank == 0:
                 improved = ema > best
                 best = max(best, ema)
@@ -276,15 +304,16 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
                     ckptlib.save(payload(epoch + 1), run.checkpoint(fold, "best"))
                 write_log(run.log_path(fold), history)
                 plots.training_curves(history, run.progress_path(fold), f"{run.name} fold {name}")
+            epoch += 1
     finally:
         loader.close()
         if bar is not None:
             bar.close()
-    if end_epoch < cfg.epochs and stopped_early is None:
+    if epoch < total and stopped_early is None:
         log.info("fold %s: stopped after epoch %d of %d (--stop-after); continue with --resume",
-                 name, end_epoch, cfg.epochs)
-        return {"fold": fold, "stopped_at": end_epoch, "mean_dice": float("nan"), "cases": {}}
-    done = len(history) if stopped_early is not None else cfg.epochs
+                 name, epoch, total)
+        return {"fold": fold, "stopped_at": epoch, "mean_dice": float("nan"), "cases": {}}
+    done = len(history) if stopped_early is not None else total
     final = run.checkpoint(fold, "final")
     if dist.rank == 0 and (start_epoch < done or not final.exists()):
         ckptlib.save(payload(done), final)
@@ -302,6 +331,21 @@ def train_fold(cfg: TrainConfig, plan: planlib.Plan, cache_folder: Path, split: 
         run.write_json(run.validation_path(fold), summary)
     dist.barrier()
     return summary
+
+
+def _plan_budget(cfg: TrainConfig, epoch_seconds: float, dist: Distributed, name: str) -> int:
+    """--time-budget: the schedule's length from the first epoch's time (the slowest rank's, so
+    every rank plans the same epochs), said once in the output."""
+    if dist.enabled:
+        t = torch.tensor([epoch_seconds], dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        epoch_seconds = float(t.item())
+    total = budget_epochs(epoch_seconds, cfg.time_budget_min, cfg.epochs, cfg.warmup_epochs)
+    if dist.rank == 0:
+        msg = (f"fold {name}: first epoch took {epoch_seconds:.1f} s; --time-budget {cfg.time_budget_min:g} min "
+               f"-> {total} of {cfg.epochs} epochs" + ("" if total == cfg.epochs else " (schedule shortened to fit)"))
+        (log.warning if total < cfg.epochs else log.info)(msg)
+    return total
 
 
 def train_run(prep, device: torch.device, dist: Distributed = Distributed(), progress: bool = True,

@@ -432,3 +432,43 @@ def test_aug_set_edits_the_profile_and_is_stored(ds, tmp_path, capsys):
     assert prof.p_elastic == 1.0 and prof.scaling == (0.9, 1.1)
     assert train.main(_args(ds, tmp_path, "--run", "aug2", "--aug-set", "p_elastik=0.2")) == 2
     assert "p_elastik" in capsys.readouterr().err and not (tmp_path / "runs" / "aug2").exists()
+
+
+@pytest.mark.parametrize("seconds,budget,max_epochs,warmup,expected", [
+    (10.0, 1.0, 20, 0, 6),        # 60 s / 10 s
+    (10.0, 10.0, 20, 0, 20),      # everything fits: --epochs
+    (100.0, 1.0, 20, 0, 3),       # never below MIN_BUDGET_EPOCHS
+    (100.0, 1.0, 2, 0, 2),        # ... unless --epochs is smaller
+    (100.0, 1.0, 20, 5, 6),       # more epochs than the warm-up
+    (7.0, 1.0, 20, 0, 8),         # floor(60 / 7)
+])
+def test_budget_epochs(seconds, budget, max_epochs, warmup, expected):
+    assert training.budget_epochs(seconds, budget, max_epochs, warmup) == expected
+
+
+def test_time_budget_shortens_the_schedule_and_resumes_with_it(ds, tmp_path, caplog):
+    from core.optim import scheduled_lr
+    # a budget no epoch fits: the schedule becomes MIN_BUDGET_EPOCHS (3) of the 5 asked for
+    args = _args(ds, tmp_path, "--arch", "unet", "--run", "tb", "--epochs", "5", "--time-budget", "0.00001")
+    assert train.main(args + ["--stop-after", "1"]) == 0
+    fold = tmp_path / "runs" / "tb" / "fold_0"
+    half = ckptlib.load(fold / "checkpoint_latest.pt")
+    assert half["epoch"] == 1 and half["planned_epochs"] == training.MIN_BUDGET_EPOCHS
+    assert "-> 3 of 5 epochs (schedule shortened to fit)" in caplog.text
+    assert train.main(_minimal(tmp_path, "--run", "tb", "--resume")) == 0
+    final = ckptlib.load(fold / "checkpoint_final.pt")
+    lrs = [h["lr"] for h in final["history"]]
+    assert final["epoch"] == 3 and len(lrs) == 3
+    # the learning rate decays over the 3 planned epochs, not the 5 of --epochs
+    assert lrs[2] == pytest.approx(scheduled_lr("poly", lrs[0], 2, 3))
+    assert lrs[2] != pytest.approx(scheduled_lr("poly", lrs[0], 2, 5))
+    # a budget everything fits in changes nothing
+    assert train.main(_args(ds, tmp_path, "--arch", "unet", "--run", "tb2", "--time-budget", "1000")) == 0
+    state = ckptlib.load(tmp_path / "runs" / "tb2" / "fold_0" / "checkpoint_final.pt")
+    assert state["epoch"] == 2 and state["planned_epochs"] == 2 and state["config"].time_budget_min == 1000
+
+
+def test_time_budget_must_be_positive(ds, tmp_path, capsys):
+    for bad in ("0", "-1", "inf"):
+        assert train.main(_args(ds, tmp_path, "--time-budget", bad)) == 2
+        assert "--time-budget" in capsys.readouterr().err
