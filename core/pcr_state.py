@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from core.calibration import CalibrationMap
 from core.pcr import BalancedRidge, ClinicalEncoder, FeaturePipeline, FoldModel, PCRModel, PipelineConfig
 
 Arrays = dict[str, np.ndarray]
@@ -134,7 +135,7 @@ def _pipeline_state(p: FeaturePipeline) -> tuple[dict, Arrays]:
 def _pipeline_from_state(meta, arrays, where: str) -> FeaturePipeline:
     _keys(meta, {"config", "names_in", "selected_names", "forced_names", "forced", "dropped"}, where)
     cd = _get(meta, "config", "dict", where)
-    kinds = {int: "int", float: "float", str: "str"}
+    kinds = {int: "int", float: "float", str: "str", bool: "bool"}
     for f in fields(PipelineConfig):
         if f.name in cd:
             _check(cd[f.name], kinds[type(f.default)], f"{where}.config.{f.name}")
@@ -167,20 +168,34 @@ def _pipeline_from_state(meta, arrays, where: str) -> FeaturePipeline:
 
 
 def _encoder_state(enc: ClinicalEncoder) -> dict:
-    return {"age_median": float(enc.age_median), "density_median": float(enc.density_median),
-            "subtypes": list(enc.subtypes), "names": list(enc.names)}
+    return {"fills": {k: float(v) for k, v in enc.fills.items()}, "subtypes": list(enc.subtypes),
+            "names": list(enc.names)}
 
 
 def _encoder_from_state(meta, where: str) -> ClinicalEncoder:
-    _keys(meta, {"age_median", "density_median", "subtypes", "names"}, where)
+    _keys(meta, {"fills", "subtypes", "names"}, where)
     enc = ClinicalEncoder()
-    enc.age_median = _get(meta, "age_median", "float", where)
-    enc.density_median = _get(meta, "density_median", "float", where)
+    fills = _get(meta, "fills", "dict", where)
+    _keys(fills, set(ClinicalEncoder.NUMERIC), f"{where}.fills")
+    enc.fills = {k: _check(fills[k], "float", f"{where}.fills.{k}") for k in ClinicalEncoder.NUMERIC}
     enc.subtypes = _get(meta, "subtypes", "strs", where)
     enc.names = _get(meta, "names", "strs", where)
-    if enc.names[6:] != [f"subtype_{s}" for s in enc.subtypes] or len(enc.names) != 6 + len(enc.subtypes):
-        raise ValueError(f"{where}: names do not match the subtypes")
+    if enc.names != ClinicalEncoder().fit([]).names + [f"subtype_{s}" for s in enc.subtypes]:
+        raise ValueError(f"{where}: names do not match the clinical columns and subtypes")
     return enc
+
+
+def _calibration_from_state(meta, where: str) -> CalibrationMap | None:
+    if meta is None:
+        return None
+    _keys(meta, {"kind", "a", "b", "xs", "ys"}, where)
+    try:
+        return CalibrationMap(kind=_get(meta, "kind", "str", where), a=_get(meta, "a", "float", where),
+                              b=_get(meta, "b", "float", where),
+                              xs=tuple(_check(v, "float", f"{where}.xs") for v in _get(meta, "xs", "list", where)),
+                              ys=tuple(_check(v, "float", f"{where}.ys") for v in _get(meta, "ys", "list", where)))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def model_to_state(model: PCRModel, codecs: Mapping[str, ClassifierCodec] = CLASSIFIER_CODECS) -> tuple[dict, Arrays]:
@@ -207,7 +222,8 @@ def model_to_state(model: PCRModel, codecs: Mapping[str, ClassifierCodec] = CLAS
                       "classifier": {"kind": kind, "state": cmeta}})
     meta = {"feature_names": list(model.feature_names), "classifier": model.classifier,
             "temperature": float(model.temperature), "threshold": float(model.threshold),
-            "clinical": bool(model.clinical), "settings": model.settings, "folds": folds}
+            "clinical": bool(model.clinical), "settings": model.settings, "folds": folds,
+            "calibration": model.calibration.to_dict() if model.calibration is not None else None}
     return meta, arrays
 
 
@@ -217,7 +233,8 @@ def model_from_state(meta, arrays: Mapping[str, np.ndarray],
     checked (types, shapes, consistency between folds, pipeline and classifier): ValueError naming
     the field when one is wrong. Each fold holds only the deployed classifier."""
     w = "model"
-    _keys(meta, {"feature_names", "classifier", "temperature", "threshold", "clinical", "settings", "folds"}, w)
+    _keys(meta, {"feature_names", "classifier", "temperature", "threshold", "clinical", "settings", "folds",
+                 "calibration"}, w)
     names = _get(meta, "feature_names", "strs", w)
     name = _get(meta, "classifier", "str", w)
     temperature = _get(meta, "temperature", "float", w)
@@ -267,4 +284,5 @@ def model_from_state(meta, arrays: Mapping[str, np.ndarray],
                                classifiers={name: est}, prior_logit=_get(fmeta, "prior_logit", "float", wf),
                                train_ids=_get(fmeta, "train_ids", "strs", wf)))
     return PCRModel(feature_names=names, folds=folds, classifier=name, temperature=temperature,
-                    threshold=threshold, clinical=clinical, settings=settings)
+                    threshold=threshold, clinical=clinical, settings=settings,
+                    calibration=_calibration_from_state(meta["calibration"], f"{w}.calibration"))

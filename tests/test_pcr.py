@@ -140,16 +140,21 @@ def test_no_leakage_validation_rows_do_not_change_the_fold_model():
 
 
 def test_clinical_encoder_missing_values():
+    """Imputation values come from the training records only; receptor status from the table,
+    else implied by the subtype (luminal = HR+/HER2-, triple negative = HR-/HER2-)."""
     enc = pcr.ClinicalEncoder().fit([
         {"age": 40, "menopause": "pre", "subtype": "luminal", "density": "a"},
-        {"age": None, "menopause": "post", "subtype": "her2", "density": None},
-        {"age": 60, "menopause": "unknown", "subtype": None, "density": "c"}])
-    assert enc.names == ["age", "age_missing", "menopause_pre", "menopause_post", "density",
-                         "density_missing", "subtype_her2", "subtype_luminal"]
+        {"age": None, "menopause": "post", "subtype": "her2", "density": None, "hr": 0, "her2": 1, "grade": 3},
+        {"age": 60, "menopause": "unknown", "subtype": None, "density": "c", "grade": 1}])
+    assert enc.names == ["age", "age_missing", "density", "density_missing", "hr", "hr_missing", "her2",
+                         "her2_missing", "grade", "grade_missing", "menopause_pre", "menopause_post",
+                         "subtype_her2", "subtype_luminal"]
+    # fills: age median(40, 60) = 50, density median(a=0, c=2) = 1, hr mean(1, 0) = 0.5,
+    # her2 mean(0, 1) = 0.5, grade median(3, 1) = 2
     out = enc.transform([{"age": float("nan"), "menopause": "post", "subtype": "triple_negative"},
-                         {"age": 45, "menopause": "pre", "subtype": "her2", "density": "b"}])
-    np.testing.assert_array_equal(out, [[50, 1, 0, 1, 1, 1, 0, 0],    # density median of a, c = 1
-                                        [45, 0, 1, 0, 1, 0, 1, 0]])
+                         {"age": 45, "menopause": "pre", "subtype": "her2", "density": "b", "her2": 1}])
+    np.testing.assert_array_equal(out, [[50, 1, 1, 1, 0, 0, 0, 0, 2, 1, 0, 1, 0, 0],
+                                        [45, 0, 1, 0, 0.5, 1, 1, 0, 2, 1, 1, 0, 1, 0]])
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -171,7 +176,8 @@ def test_evaluate_cross_fits_and_reports():
 
 
 def test_evaluate_uses_no_label_of_the_fold_it_scores():
-    """Reference: fold f is scored with a temperature and threshold fitted on the other folds."""
+    """Reference: fold f is scored with a calibration map chosen and fitted, and a threshold
+    chosen, on the other folds only."""
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 80)
     fold_of = np.arange(80) % 4
@@ -179,9 +185,9 @@ def test_evaluate_uses_no_label_of_the_fold_it_scores():
     pred = np.zeros(80, int)
     for f in range(4):
         o, h = fold_of != f, fold_of == f
-        t = pcr.fit_temperature(logits[o], y[o])
-        thr = pcr.choose_threshold(pcr.sigmoid(logits[o] / t), y[o])
-        pred[h] = pcr.sigmoid(logits[h] / t) >= thr
+        cmap, _ = pcr.choose_calibration(logits[o], y[o], fold_of[o])
+        thr = pcr.choose_threshold(cmap(logits[o]), y[o])
+        pred[h] = cmap(logits[h]) >= thr
     r = pcr.evaluate(logits, y, fold_of, range(4))
     assert r["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
 
@@ -195,15 +201,15 @@ def test_prior_correction_of_balanced_classifiers():
     z = fm.inputs(X[40:])
     np.testing.assert_allclose(fm.logits(X[40:])["lr"], fm.classifiers["lr"].decision_function(z) + fm.prior_logit)
     assert pcr.fit_fold(X, y, names, tr, {"lr": _logreg}, FAST, prior_correction=False).prior_logit == 0.0
-    # evaluate: "before" metrics use the uncorrected log-odds
+    # evaluate: "raw" metrics use the uncorrected log-odds, "before" the prior-corrected ones
     rng = np.random.default_rng(2)
     yy = (rng.random(200) < 0.3).astype(int)
     raw = rng.normal(0, 1, 200) + 1.5 * (2 * yy - 1)
     shift = np.full(200, math.log(0.3 / 0.7))
     r = pcr.evaluate(raw + shift, yy, np.arange(200) % 5, range(5), shift=shift)
-    assert r["nll_before"] == pytest.approx(pcr.nll(raw, yy))
+    assert r["nll_before"] == pytest.approx(pcr.nll(raw + shift, yy))   # prior-corrected
     assert r["balanced_accuracy_at_0.5"] == pytest.approx(balanced_accuracy_score(yy, (raw >= 0).astype(int)))
-    assert r["ece_prior"] < r["ece_before"]
+    assert r["ece_before"] < r["ece_raw"]      # prior-corrected vs the classifier's own probabilities
 
 
 def test_oracle_by_hand():

@@ -147,7 +147,7 @@ def test_state_holds_only_json_and_plain_arrays(fitted, tmp_path):
         assert names[0] == pcr_file.MANIFEST and all(n.startswith("arrays/") and n.endswith(".npy") for n in names[1:])
         assert not any(n.endswith(".pkl") for n in names) and len(names) == 1 + len(arrays)
         manifest = json.loads(zf.read(pcr_file.MANIFEST))
-        assert (manifest["format"], manifest["version"]) == ("mamamia-pcr", 2)
+        assert (manifest["format"], manifest["version"]) == ("mamamia-pcr", pcr_file.VERSION)
         for n in names[1:]:
             data = zf.read(n)
             assert data.startswith(b"\x93NUMPY")        # .npy, not a pickle (b"\x80...")
@@ -249,7 +249,14 @@ OBJECT_NPY = _npy_bytes(np.array([1, 2, 3], object), allow_pickle=True)
 BAD_FILES = {
     "wrong format key": ("format 'mamamia-seg'", dict(edit=_set(("format",), "mamamia-seg"))),
     "version 1 key": ("version 1 is not supported.*re-train", dict(edit=_set(("version",), 1))),
-    "future version": ("version 3 is not supported", dict(edit=_set(("version",), 3))),
+    "future version": ("version 4 is not supported", dict(edit=_set(("version",), 4))),
+    "bad calibration kind": ("calibration kind must be one of", dict(edit=_set(("model", "calibration"), {
+        "kind": "magic", "a": 1.0, "b": 0.0, "xs": [], "ys": []}))),
+    "isotonic knots decreasing": ("increasing knots", dict(edit=_set(("model", "calibration"), {
+        "kind": "isotonic", "a": 1.0, "b": 0.0, "xs": [1.0, 0.0], "ys": [0.2, 0.3]}))),
+    "calibration extra key": (r"unknown keys \['c'\]", dict(edit=_set(("model", "calibration"), {
+        "kind": "none", "a": 1.0, "b": 0.0, "xs": [], "ys": [], "c": 1}))),
+    "version 2 file": ("version 2 is not supported.*re-train", dict(edit=_set(("version",), 2))),
     "missing config": (r"missing keys \['config'\]", dict(edit=lambda m: m.pop("config"))),
     "unknown top key": (r"unknown keys \['extra'\]", dict(edit=_set(("extra",), 1))),
     "temperature string": ("temperature must be a finite number", dict(edit=_set(("model", "temperature"), "1.0"))),
