@@ -107,6 +107,10 @@ class CalibrationMap:
             return np.clip(np.interp(z, self.xs, self.ys), P_CLIP, 1 - P_CLIP)
         return sigmoid(self.a * z + self.b)
 
+    @classmethod
+    def from_dict(cls, d) -> "CalibrationMap":
+        return cls(kind=d["kind"], a=float(d["a"]), b=float(d["b"]), xs=tuple(d["xs"]), ys=tuple(d["ys"]))
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "a": float(self.a), "b": float(self.b),
                 "xs": [float(x) for x in self.xs], "ys": [float(v) for v in self.ys]}

@@ -1,6 +1,7 @@
 """Tests for nets/pcr_file.py and core.pcr's plain model state: round trips give the same
 predictions, and nothing but this format (no pickle, crafted or old) is ever loaded."""
 import io
+import dataclasses
 import json
 import os
 import pickle
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.neighbors import KNeighborsClassifier
 
 from core import pcr, pcr_state
 from nets import pcr_file
@@ -50,13 +52,14 @@ def fitted():
     return X, y, names, fold_of, out
 
 
-def _model(fitted, classifier="snn", clinical=False):
+def _model(fitted, classifier="snn", clinical=False, calibrated=True):
     X, y, names, fold_of, cvs = fitted
     cv = cvs[clinical]
     r = pcr.evaluate(cv.oof[classifier], y, fold_of, range(3), shift=cv.shift)
     return pcr.PCRModel(feature_names=names, folds=cv.models, classifier=classifier,
                         temperature=r["temperature"], threshold=r["threshold"], clinical=clinical,
-                        settings={"radiomics": {"bin_width": 25.0, "classes": ["shape"]}, "masks": "expert"})
+                        settings={"radiomics": {"bin_width": 25.0, "classes": ["shape"]}, "masks": "expert"},
+                        calibration=pcr.CalibrationMap.from_dict(r["calibration"]) if calibrated else None)
 
 
 def _saved(fitted, tmp_path, classifier="snn", clinical=False):
@@ -84,7 +87,7 @@ def _rewrite(src, dst, edit=None, replace=None, drop=()):
 
 # ----------------------------------------------------------------------------- round trip
 
-@pytest.mark.parametrize("classifier", ["snn", "logreg"])
+@pytest.mark.parametrize("classifier", ["snn", "logreg", "rf"])
 @pytest.mark.parametrize("clinical", [False, True])
 def test_round_trip_predicts_the_same(fitted, tmp_path, classifier, clinical):
     X, y, names, _, _ = fitted
@@ -179,10 +182,30 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(fitted, tmp_pat
     assert path.read_bytes() == before and os.listdir(path.parent) == ["pcr_model.pt"]
 
 
+def test_forest_is_stored_as_node_arrays(fitted, tmp_path):
+    """The random forest's probabilities equal scikit-learn's to rounding; isotonic and
+    uncalibrated (temperature) models round-trip too."""
+    X, *_ = fitted
+    model = _model(fitted, "rf")
+    loaded, _ = pcr_file.load_pcr_model(pcr_file.save_pcr_model(tmp_path / "rf.pt", model, CONFIG))
+    ref, est = model.folds[1].classifiers["rf"], loaded.folds[1].classifiers["rf"]
+    z = model.folds[1].inputs(X)
+    assert isinstance(est, pcr_state.ForestClassifier)
+    np.testing.assert_allclose(est.predict_proba(z), ref.predict_proba(z), atol=1e-12)
+    for cmap in (pcr.CalibrationMap("isotonic", xs=(-1.0, 2.0), ys=(0.1, 0.7)), None):
+        m = dataclasses.replace(_model(fitted, "logreg"), calibration=cmap)
+        back, _ = pcr_file.load_pcr_model(pcr_file.save_pcr_model(tmp_path / "m.pt", m, CONFIG))
+        assert back.calibration == cmap
+        np.testing.assert_allclose(back.predict(X, fitted[2])[0], m.predict(X, fitted[2])[0], atol=1e-12)
+
+
 def test_unsupported_classifier_or_config_is_refused_at_save(fitted, tmp_path):
     path = tmp_path / "pcr_model.pt"
-    with pytest.raises(ValueError, match="'rf' .*RandomForestClassifier.* cannot be written"):
-        pcr_file.save_pcr_model(path, _model(fitted, "rf"), CONFIG)
+    m = _model(fitted, "logreg")
+    knn = dataclasses.replace(m, folds=[dataclasses.replace(f, classifiers={"logreg": KNeighborsClassifier()})
+                                        for f in m.folds])
+    with pytest.raises(ValueError, match="'logreg' .*KNeighborsClassifier.* cannot be written"):
+        pcr_file.save_pcr_model(path, knn, CONFIG)
     with pytest.raises(ValueError, match=re.escape(str(path)) + ".*JSON"):
         pcr_file.save_pcr_model(path, _model(fitted, "logreg"), {"bad": object()})
     assert list(tmp_path.iterdir()) == []
