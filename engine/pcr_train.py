@@ -63,13 +63,15 @@ def pipeline_config(req: PCRRequest):
         raise UserError(f"--split {req.split!r}: expected train or all")
     if req.n_select is not None and req.n_select < 1:
         raise UserError(f"--n-select {req.n_select}: must be >= 1")
-    try:
-        return pcr.PipelineConfig(seed=req.seed, features=req.features, corr_threshold=req.corr_threshold,
-                                  n_select=req.n_select if req.n_select is not None else 40,
-                                  row_cap=req.n_select is None, selector=req.selector)
-    except ValueError as exc:
-        flag = next((f for f in ("features", "selector", "corr_threshold") if f in str(exc)), "pipeline")
-        raise UserError(f"--{flag.replace('_', '-')}: {exc}") from None
+    if req.features not in pcr.FEATURE_SETS:
+        raise UserError(f"--features {req.features!r}: choose from {list(pcr.FEATURE_SETS)}")
+    if req.selector not in pcr.SELECTORS:
+        raise UserError(f"--selector {req.selector!r}: choose from {sorted(pcr.SELECTORS)}")
+    if not 0 < req.corr_threshold <= 1:
+        raise UserError(f"--corr-threshold {req.corr_threshold}: must lie in (0, 1]")
+    return pcr.PipelineConfig(seed=req.seed, features=req.features, corr_threshold=req.corr_threshold,
+                              n_select=req.n_select if req.n_select is not None else 40,
+                              row_cap=req.n_select is None, selector=req.selector)
 
 
 def describe(cfg, req: PCRRequest) -> str:

@@ -250,3 +250,44 @@ def test_config_errors():
     with pytest.raises(ValueError, match="selector"):
         pcr.PipelineConfig(selector="svm")
     assert pcr.PipelineConfig.from_dict(FAST.to_dict()) == FAST
+
+
+def test_seed_b_setting_selects_40_post_contrast_features(caplog):
+    """--features post --n-select 40: exactly 40 features, all pyradiomics of the first
+    post-contrast phase, even when other columns (kinetics, subtraction) carry the signal."""
+    rng = np.random.default_rng(5)
+    n = 120
+    y = (rng.random(n) < 0.35).astype(int)
+    names = [f"post_glcm_f{i}" for i in range(70)] + [f"sub_firstorder_f{i}" for i in range(15)] \
+        + [f"kin_k{i}" for i in range(15)]
+    X = rng.normal(size=(n, len(names)))
+    X[:, 70:] += 1.5 * y[:, None]                                   # the strong signal is not "post"
+    X[:, :5] += 0.5 * y[:, None]
+    cfg = pcr.PipelineConfig(features="post", n_select=40, row_cap=False)
+    with caplog.at_level("WARNING", logger="core.pcr"):
+        p = pcr.FeaturePipeline(cfg).fit(X, y, names)
+    assert len(p.selected_names) == 40 and all(s.startswith("post_") for s in p.selected_names)
+    assert len(p.dropped["feature_set"]) == 30
+    assert any("selecting 40 features from 120 training rows" in r.getMessage() for r in caplog.records)
+    assert p.transform(X).shape == (n, 40)
+    # the default keeps the per-row cap (120 / 20 = 6); post+sub admits the subtraction features
+    assert len(pcr.FeaturePipeline(pcr.PipelineConfig(features="post")).fit(X, y, names).selected_names) == 6
+    ps = pcr.FeaturePipeline(pcr.PipelineConfig(features="post+sub", n_select=3)).fit(X, y, names)
+    assert all(s.startswith(("post_", "sub_")) for s in ps.selected_names)
+    assert any(s.startswith("sub_") for s in ps.selected_names)
+    with pytest.raises(ValueError, match="features must be one of"):
+        pcr.PipelineConfig(features="pre")
+
+
+def test_pipeline_flags_are_checked_and_described():
+    from core.errors import UserError
+    from engine import pcr_train
+    req = pcr_train.PCRRequest(features="post", n_select=40, model="snn")
+    cfg = pcr_train.pipeline_config(req)
+    assert (cfg.features, cfg.n_select, cfg.row_cap, cfg.corr_threshold) == ("post", 40, False, 0.9)
+    assert "--features post" in pcr_train.describe(cfg, req) and "40 features (--n-select)" in pcr_train.describe(cfg, req)
+    assert pcr_train.pipeline_config(pcr_train.PCRRequest()).row_cap
+    for bad, msg in [(dict(model="xgb"), "--model"), (dict(n_select=0), "--n-select"),
+                     (dict(corr_threshold=1.5), "--corr-threshold"), (dict(selector="svm"), "--selector")]:
+        with pytest.raises(UserError, match=msg):
+            pcr_train.pipeline_config(pcr_train.PCRRequest(**bad))
