@@ -19,7 +19,7 @@ $(STAMP): setup.cfg Makefile
 	@$(PY) -m pip install -q numpy versioneer setuptools wheel
 	@# pyradiomics: its 3.1.0 sdist has broken metadata; building without isolation works (it needs numpy at build time)
 	@$(PY) -c "import radiomics" 2>/dev/null || $(PY) -m pip install -q --no-build-isolation pyradiomics
-	@$(PY) -m pip install -q nibabel scipy scikit-image scikit-learn tqdm matplotlib pytest
+	@$(PY) -m pip install -q nibabel scipy scikit-image scikit-learn tqdm matplotlib openpyxl pytest
 	@touch $(STAMP)
 
 # The main job on the default (phantom) dataset: data summary, MedNeXt k3 training (fold 0, the

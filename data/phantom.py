@@ -14,8 +14,10 @@ Command line::
 The folder follows the real layout exactly (MAMA-MIA, Garrucho et al., Scientific Data 2025): ``images/<ID>/<id>_000k.nii.gz``
 (upper-case folder, lower-case files, int16, a stray ``.tsv`` beside them),
 ``segmentations/expert/<id>.nii.gz`` (uint8 {0,1} on the ``_0001`` grid),
-``patient_info_files/<id>.json`` and ``train_test_splits.csv`` (columns train_split,test_split,
-the shorter one padded with empty cells, ~80/20 stratified by center). How every label is
+``patient_info_files/<id>.json``, ``train_test_splits.csv`` (columns train_split,test_split,
+the shorter one padded with empty cells, ~80/20 stratified by center) and the clinical table
+``clinical_and_imaging_info.xlsx`` (sheet ``dataset_info``, one row per patient, with receptor
+status; :data:`TABLE_COLUMNS`). How every label is
 generated is in :mod:`data.phantom_cases`.
 
 Modules (this one is the public entry: generation of a dataset, the cached default dataset and the
@@ -46,18 +48,21 @@ import numpy as np
 
 from data import io
 from data.phantom_cases import (ANAT_SCALE, B0, B_SUBTYPE, BPE_KTRANS, CURVE_P, EPS_SD,  # noqa: F401
-                                LESION_SCALE, MENO_LONG, SCALES, SIZE_SHIFT, PhantomCase, draw_case,
-                                draw_cases, pcr_logit, pcr_probability)
+                                LESION_SCALE, MENO_LONG, RECEPTORS, SCALES, SIZE_SHIFT, PhantomCase,
+                                draw_case, draw_cases, pcr_logit, pcr_probability, receptors)
 from data.phantom_centers import CENTERS, Center, allocate_centers, patient_ids  # noqa: F401
 from data.phantom_checks import (NAIVE_QUANTILES, NAIVE_VALUES, _dice,  # noqa: F401
                                  dataset_subtractions, naive_threshold_dice, save_preview)
 from data.workers import process_map
-from data.phantom_writer import (LATENTS_CSV, MANIFEST, PHANTOM_VERSION, REPO_ROOT,  # noqa: F401
-                                 STAT_KEYS, _csv_text, cache_dir, case_record, is_cached, make_splits,
-                                 read_manifest, write_case)
+from data.phantom_writer import (CLINICAL_XLSX, LATENTS_CSV, MANIFEST, PHANTOM_VERSION,  # noqa: F401
+                                 REPO_ROOT, STAT_KEYS, TABLE_COLUMNS, TABLE_SHEET, _csv_text, cache_dir,
+                                 case_record, is_cached, make_splits, read_manifest, table_row,
+                                 write_case, write_clinical_table)
 
 __all__ = [
-    "ANAT_SCALE", "B0", "B_SUBTYPE", "BPE_KTRANS", "CENTERS", "CURVE_P", "EPS_SD", "LATENTS_CSV",
+    "ANAT_SCALE", "B0", "B_SUBTYPE", "BPE_KTRANS", "CENTERS", "CLINICAL_XLSX", "CURVE_P", "EPS_SD",
+    "LATENTS_CSV", "RECEPTORS", "TABLE_COLUMNS", "TABLE_SHEET", "receptors", "table_row",
+    "write_clinical_table",
     "LESION_SCALE", "MANIFEST", "MENO_LONG", "NAIVE_QUANTILES", "NAIVE_VALUES", "PHANTOM_VERSION",
     "REPO_ROOT", "SCALES", "SIZE_SHIFT", "STAT_KEYS", "Center", "PhantomCase", "allocate_centers",
     "cache_dir", "case_record", "dataset_subtractions", "default_dataset", "draw_case", "draw_cases",
@@ -109,6 +114,7 @@ def generate_dataset(out, cases: int = 40, seed: int = 0, scale: str = "small", 
         io.atomic_write_text(tmp / "train_test_splits.csv", _csv_text(
             ["train_split", "test_split"],
             [[train[i] if i < len(train) else "", test[i] if i < len(test) else ""] for i in range(n)]))
+        write_clinical_table(tmp, pcs)
         rows.sort(key=lambda r: r["patient_id"])
         keys = ["patient_id", "center", "split"] + [k for k in rows[0] if k not in ("patient_id", "center")]
         io.atomic_write_text(tmp / LATENTS_CSV, _csv_text(keys, [
