@@ -384,6 +384,21 @@ def test_cli_writes_dataset_and_refuses_to_clobber(tmp_path, capsys):
         phantom.main([])
 
 
+def test_summary_of_an_existing_dataset(ds, records, capsys, tmp_path):
+    assert phantom.main(["--summary", "--data", str(ds)]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("1st post s"):].splitlines()
+    rows = {line.split()[0]: line.split() for line in table[2:] if line.split()[0] in phantom.CENTERS}
+    assert set(rows) == set(phantom.CENTERS)
+    for c, cells in rows.items():
+        firsts = [r["imaging_data"]["acquisition_times"][1] for r in records.values()
+                  if r["imaging_data"]["dataset"] == c]
+        assert int(cells[1]) == len(firsts) and cells[2] == f"{np.median(firsts):.0f}"
+    assert rows["ISPY1"][6] == "1.00" and rows["NACT"][6] == "1.00"    # menopause always missing
+    with pytest.raises(SystemExit):
+        phantom.main(["--summary", "--data", str(tmp_path)])            # not a phantom dataset
+
+
 @pytest.mark.slow
 def test_preview_png(tmp_path):
     path = phantom.save_preview(tmp_path, seed=0, cases=8)
