@@ -18,7 +18,7 @@ names are compared after stripping and lower-casing. Value types:
   ``slice_thickness``, ``nottingham_grade``: numbers (or numeric strings);
 - ``acquisition_times``, ``pixel_spacing``: a number or a list written as ``[a, b, ...]``,
   ``a, b`` or ``a x b``;
-- every other column: text, kept as written.
+- every other column: kept as written (text stripped, numbers as numbers).
 
 An empty cell (or nan/na/n/a/none/null, and "unknown" in the typed columns) is missing.
 
@@ -119,9 +119,9 @@ def parse_value(column: str, value):
         return _number(value)
     if column in LISTS:
         return _numbers(value)
-    if isinstance(value, float) and value.is_integer():
+    if column == "patient_id" and isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip() if isinstance(value, str) else value if isinstance(value, (int, float)) else str(value)
+    return value.strip() if isinstance(value, str) else value if isinstance(value, (int, float)) else str(value)
 
 
 def read_clinical_table(root, name: str = FILE_NAME) -> dict[str, dict] | None:

@@ -122,3 +122,26 @@ def test_broken_json_record_is_not_merged(tmp_path):
     _xlsx(root / ct.FILE_NAME, ["patient_id", "pcr"], [["DUKE_001", 1]])
     case = mamamia.load_dataset(root)[0]
     assert case.record_error and "pcr" in case.record_error
+
+
+def test_phantom_table_round_trip(tmp_path):
+    """The phantom's writer and this reader agree on every column of the shared interface."""
+    from data import phantom
+    pcs = phantom.draw_cases(40, seed=3)
+    phantom.write_clinical_table(tmp_path, pcs)
+    table = ct.read_clinical_table(tmp_path)
+    assert len(table) == 40
+    for pc in pcs:
+        want = {k: v for k, v in phantom.table_row(pc).items() if v is not None}
+        got = table[pc.spec.patient_id.lower()]
+        assert set(got) == set(want), pc.spec.patient_id
+        for k, v in want.items():
+            if k == "acquisition_times":
+                assert got[k] == tuple(float(t) for t in pc.spec.times_s)
+            elif k == "pixel_spacing":
+                assert got[k] == pytest.approx((v,))
+            elif k in ct.BINARY or k in ct.NUMBER or isinstance(v, (int, float)):
+                assert got[k] == pytest.approx(float(v)), k   # xlsx keeps 15.0 as the number 15
+            else:
+                assert str(got[k]) == str(v), k
+    assert any(r.get("hr") is not None for r in table.values())
