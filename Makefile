@@ -25,14 +25,19 @@ $(STAMP): setup.cfg Makefile
 # The main job on the default (phantom) dataset: data summary, MedNeXt k3 training (fold 0, the
 # CPU plan on a machine without CUDA), ensemble inference on the test split, official evaluation,
 # then the pCR model and its evaluation. Re-running resumes/reuses what is already done.
+# The pCR model learns from its own phantom, 200 small cases drawn with seed 1 (no patient shared
+# with the 40-case default set; generated once and cached, ~5 min with the radiomics): the 30
+# labelled training cases of the default set leave it at chance. Its table shows the balanced
+# accuracy with bootstrap intervals beside the receptor rule, LR, RF and the generator's oracle.
 DEMO_RUN := demo_mednext_k3
 DEMO_PRED := predictions/demo
+DEMO_PCR := --phantom-cases 200 --phantom-seed 1 --split all --clinical --run demo_pcr
 
 demo: venv
 	$(PY) -m data.phantom --summary
 	$(PY) train.py --arch mednext --kernel 3 --run $(DEMO_RUN) --resume
-	$(PY) train.py --task pcr --masks expert
-	$(PY) infer.py --ensemble --runs $(DEMO_RUN) --output $(DEMO_PRED) --overwrite --pcr
+	$(PY) train.py --task pcr $(DEMO_PCR)
+	$(PY) infer.py --ensemble --runs $(DEMO_RUN) --output $(DEMO_PRED) --overwrite --pcr --pcr-run demo_pcr
 	$(PY) eval.py --subgroups age,density --pred $(DEMO_PRED)
 	$(PY) eval.py --task pcr --subgroups age,menopause --pred $(DEMO_PRED)
 

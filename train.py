@@ -132,6 +132,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--model", choices=("snn", "lr", "rf"), default="snn",
                    help="deployed classifier: self-normalising network (default, seed B), logistic regression "
                         "or random forest; all three are cross-validated and reported")
+    c.add_argument("--phantom-cases", type=int, default=40, metavar="N",
+                   help="without --data: a phantom dataset of N small cases (default 40, the default dataset), "
+                        "generated once and cached; e.g. 200 for a pCR model above chance")
+    c.add_argument("--phantom-seed", type=int, default=0, metavar="S",
+                   help="the seed of that phantom (default 0; another seed draws different patients)")
     c.add_argument("--split", choices=("train", "all"), default="train",
                    help="cases to cross-validate: the train split (default; the test split stays unseen) or all")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -155,7 +160,8 @@ def train_pcr(args) -> int:
     req = pcr_train.PCRRequest(data=args.data, centers=args.centers, masks=args.masks, pred=args.pred,
                                clinical=args.clinical, fold=args.fold, seed=args.seed or 0, run=args.run,
                                runs_dir=args.runs_dir, cache_dir=args.cache_dir, workers=args.workers,
-                               split=args.split, features=args.features, corr_threshold=args.corr_threshold,
+                               split=args.split, phantom_cases=args.phantom_cases, phantom_seed=args.phantom_seed,
+                               features=args.features, corr_threshold=args.corr_threshold,
                                n_select=args.n_select, selector=args.selector, model=args.model)
     report = pcr_train.train_pcr(req, progress=not args.quiet)
     print(pcr_train.format_report(report))

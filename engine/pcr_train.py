@@ -43,6 +43,8 @@ class PCRRequest:
     cache_dir: str | None = None
     workers: int = 2
     split: str = "train"               # train (the test split stays unseen) | all
+    phantom_cases: int = 40            # without data: the cached phantom of this many cases ...
+    phantom_seed: int = 0              # ... drawn with this seed
     # the feature pipeline (core.pcr.PipelineConfig); seed B: features="post", n_select=40
     features: str = "all"
     corr_threshold: float = 0.9
@@ -119,7 +121,11 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
     echo(describe(pcfg, req))
     folds = parse_folds(req.fold or "all")
     t0 = time.time()
-    root = dataset_root(req.data)
+    if req.data and (req.phantom_cases, req.phantom_seed) != (40, 0):
+        raise UserError("--phantom-cases/--phantom-seed choose a phantom dataset: leave out --data")
+    if req.phantom_cases < 10:
+        raise UserError(f"--phantom-cases {req.phantom_cases}: must be >= 10")
+    root = dataset_root(req.data, req.phantom_cases, req.phantom_seed)
     name = req.run or ("pcr" + ("_clinical" if req.clinical else "") + ("_predicted" if req.masks == "predicted" else ""))
     run = RunDir.named(name, req.runs_dir)
     cases = mamamia.load_dataset(root)
