@@ -3,6 +3,9 @@
 Seed B's pipeline (MAMA-MIA 2025), every step fitted on the training rows of a fold only:
 
 1. :class:`FeaturePipeline`
+   0. keep the feature set ``features`` (:data:`FEATURE_SETS`): ``post`` = pyradiomics of the
+      first post-contrast phase only (seed B), ``post+sub`` adds the subtraction image's
+      first-order features, ``all`` also the kinetics and the peritumoral ring;
    a. drop features missing in more than ``max_missing`` of the training rows, impute the rest
       with the training median, drop constant features, standardise (training mean / sd);
    b. rank features by univariate separation ``|AUC - 0.5|`` on the training rows and walk down
@@ -23,7 +26,8 @@ Seed B's pipeline (MAMA-MIA 2025), every step fitted on the training rows of a f
       in the spirit of the events-per-variable rule of clinical prediction models (Peduzzi et al.,
       J Clin Epidemiol 1996). Forward selection beyond that picks noise (cross-validated AUC of
       the logistic baseline on a 124-case phantom: 0.68 with 40 features, 0.72 with 5), and the
-      cap also bounds the cost.
+      cap also bounds the cost. ``row_cap=False`` (``train.py --n-select K``) selects exactly
+      ``n_select`` features (seed B's setting), with a logged warning when that exceeds the cap.
    Optional clinical columns (:class:`ClinicalEncoder`) bypass b-c and are always appended.
 2. a classifier on the selected features (the self-normalising network of ``nets/snn.py``, or the
    logistic-regression and random-forest baselines of :data:`BASELINES`) - passed in as a
@@ -31,19 +35,20 @@ Seed B's pipeline (MAMA-MIA 2025), every step fitted on the training rows of a f
 3. calibration: every classifier here is trained with balanced class weights (pCR is ~30 %
    positive), which shifts its log-odds by ``log(n_neg / n_pos)``; the fixed "prior correction"
    (King & Zeng, Political Analysis 2001) adds back ``log(n_pos / n_neg)`` of the training rows
-   (:attr:`FoldModel.prior_logit`), then temperature scaling (Guo et al., ICML 2017) divides the
-   log-odds by T fitted on validation predictions; the decision threshold maximising balanced
-   accuracy is also chosen on validation predictions (:func:`fit_temperature`,
-   :func:`choose_threshold`). Temperature scaling alone cannot undo the shift (it keeps logit 0
-   at probability 0.5): on 125-case phantoms it left the network's ECE at 0.13-0.19, the shift
-   plus temperature brought it to 0.09-0.16.
+   (:attr:`FoldModel.prior_logit`); then a calibration map (none, temperature, Platt or
+   isotonic) chosen by inner cross-validation on the training folds' out-of-fold predictions
+   (:func:`core.calibration.choose_calibration`: the simplest map within one standard error of
+   the best Brier score, so a calibrated score keeps "none"; a temperature fitted
+   unconditionally raised held-out ECE on small tables); the decision threshold maximising
+   balanced accuracy is also chosen on those predictions (:func:`choose_threshold`).
 
 Cross-validation (:func:`cross_validate`) uses the segmentation folds. Each fold model predicts
-its validation fold; the deployed temperature and threshold are fitted on all those out-of-fold
-predictions pooled (a 40-case phantom gives 8 validation cases per fold, too few to fit a
-threshold per fold). The reported metrics are cross-fitted (:func:`evaluate`): fold f is scored
-with a temperature and threshold fitted on the other folds' validation predictions, so no label
-is used to calibrate its own prediction.
+its validation fold; the deployed calibration map and threshold are chosen and fitted on all
+those out-of-fold predictions pooled (a 40-case phantom gives 8 validation cases per fold, too
+few to fit a threshold per fold). The reported metrics are cross-fitted
+(:func:`core.pcr_eval.evaluate`): fold f is scored with a map and threshold chosen and fitted on
+the other folds' validation predictions, so no label is used to calibrate its own prediction;
+they come with bootstrap 95 % intervals, beside the receptor rule and the phantom oracle.
 
 :func:`model_to_state` / :func:`model_from_state` turn a deployed :class:`PCRModel` into JSON
 values plus named arrays and back (the model file of ``nets/pcr_file.py``, no pickle).
@@ -65,6 +70,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from core.calibration import (CALIBRATIONS, CalibrationMap, choose_calibration, choose_threshold,  # noqa: F401
                               fit_temperature, nll, sigmoid)
+from core.pcr_clinical import ClinicalEncoder  # noqa: F401
 from core.pcr_eval import evaluate, oracle, receptor_rule, receptor_status, rule_metrics  # noqa: F401
 from core.fairness import roc_auc
 from core.plan import Settings
@@ -278,64 +284,6 @@ class FeaturePipeline:
         """What was fitted, for reports (names only)."""
         return {"selected": self.selected_names, "forced": self.forced_names,
                 "dropped": {k: len(v) for k, v in self.dropped.items()}}
-
-
-class ClinicalEncoder:
-    """Clinical variables as numeric columns with missing-value handling fitted on training rows.
-
-    Records are mappings with ``age`` (years), ``menopause`` ('pre' | 'post' | other = unknown),
-    ``density`` ('a'-'d'), ``hr`` and ``her2`` (0/1; where absent, what ``subtype`` implies,
-    :func:`core.pcr_eval.receptor_status`), ``grade`` (Nottingham 1-3) and ``subtype`` (str),
-    None where unknown. Columns: for each of :data:`NUMERIC` the value (missing -> the training
-    rows' median; for hr/her2 their mean, the positive rate) and a missing indicator; pre and post
-    indicators (unknown: both 0); one indicator per subtype seen in training (missing or unseen:
-    all 0). Fitted on the training rows of a fold only.
-    """
-
-    NUMERIC = ("age", "density", "hr", "her2", "grade")
-    DEFAULTS = {"age": 50.0, "density": 1.5, "hr": 0.5, "her2": 0.5, "grade": 2.0}
-
-    @staticmethod
-    def values(r: Mapping) -> dict[str, float | None]:
-        hr, her2 = receptor_status(r)
-        grade = r.get("grade")
-        return {"age": float(r["age"]) if _known(r.get("age")) else None, "density": _density(r.get("density")),
-                "hr": None if hr is None else float(hr), "her2": None if her2 is None else float(her2),
-                "grade": float(grade) if _known(grade) else None}
-
-    def fit(self, records: Sequence[Mapping]) -> "ClinicalEncoder":
-        vals = [self.values(r) for r in records]
-        self.fills = {}
-        for k in self.NUMERIC:
-            known = [v[k] for v in vals if v[k] is not None]
-            avg = np.mean if k in ("hr", "her2") else np.median
-            self.fills[k] = float(avg(known)) if known else self.DEFAULTS[k]
-        self.subtypes = sorted({str(r["subtype"]) for r in records if _known(r.get("subtype"))})
-        self.names = ([n for k in self.NUMERIC for n in (k, f"{k}_missing")] + ["menopause_pre", "menopause_post"]
-                      + [f"subtype_{s}" for s in self.subtypes])
-        return self
-
-    def transform(self, records: Sequence[Mapping]) -> np.ndarray:
-        out = np.zeros((len(records), len(self.names)))
-        nn = len(self.NUMERIC)
-        for i, r in enumerate(records):
-            v = self.values(r)
-            for j, k in enumerate(self.NUMERIC):
-                out[i, 2 * j] = v[k] if v[k] is not None else self.fills[k]
-                out[i, 2 * j + 1] = float(v[k] is None)
-            meno = str(r.get("menopause") or "")
-            out[i, 2 * nn], out[i, 2 * nn + 1] = float(meno == "pre"), float(meno == "post")
-            if _known(r.get("subtype")) and str(r["subtype"]) in self.subtypes:
-                out[i, 2 * nn + 2 + self.subtypes.index(str(r["subtype"]))] = 1.0
-        return out
-
-
-def _known(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v != ""
-
-
-def _density(v) -> float | None:
-    return float("abcd".index(v)) if isinstance(v, str) and v in ("a", "b", "c", "d") else None
 
 
 def logits_of(estimator, X) -> np.ndarray:
