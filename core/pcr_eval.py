@@ -7,7 +7,9 @@ inner cross-validation over those folds), and thresholded at the balanced-accura
 those other folds. So no label calibrates its own prediction, and "ECE after" is a held-out
 figure. Intervals are percentile bootstraps over patients (Efron & Tibshirani 1993) of the
 fixed out-of-fold predictions: they show the sampling uncertainty of the evaluation set, not
-the variation from refitting.
+the variation from refitting. ECE is biased upward in small samples (and in resamples with
+repeated rows), so its percentile interval can lie above the point estimate; the interval of
+the paired difference after - before (``ece_delta_ci``) is the one calibration is judged by.
 """
 from __future__ import annotations
 

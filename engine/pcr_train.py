@@ -217,23 +217,26 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
 
 def _ci(m, key="ba_ci") -> str:
     lo, hi = m.get(key, (float("nan"), float("nan")))
-    return f"[{lo:.2f}, {hi:.2f}]"
+    return f"[{lo:+.2f}, {hi:+.2f}]" if key == "ece_delta_ci" else f"[{lo:.2f}, {hi:.2f}]"
 
 
 def format_report(report: dict) -> str:
     """The cross-validated table ``train.py --task pcr`` prints: every model and reference with
     balanced accuracy and AUC (bootstrap 95 % intervals over patients), ECE of the classifier's
     own probabilities (raw), after the prior correction (before) and after the calibration map
-    chosen by inner cross-validation (after, cross-fitted); * marks the deployed model."""
+    chosen by inner cross-validation (after, cross-fitted), with the bootstrap interval of the
+    paired difference after - before (ECE is biased upward in resamples, so intervals of ECE
+    itself sit above the point estimate; the difference is what calibration is judged by);
+    * marks the deployed model."""
     folds, n = report["config"]["folds"], report["cases"]
     lines = [f"\n{'model':8s} {'BA':>6s} {'95% CI':>13s} {'AUC':>6s} {'95% CI':>13s}  {'ECE raw':>7s} "
-             f"{'before':>6s} {'after':>6s} {'after 95% CI':>13s}  calibration"
+             f"{'before':>6s} {'after':>6s} {'change 95% CI':>15s}  calibration"
              f"   (cross-validated, {len(folds)} fold(s), {n} cases)"]
     for k, m in report["metrics"].items():
         mark = "*" if k == report.get("deployed") else " "
         lines.append(f"{k + mark:8s} {m['balanced_accuracy']:6.3f} {_ci(m):>13s} {m['auc']:6.3f} "
                      f"{_ci(m, 'auc_ci'):>13s}  {m['ece_raw']:7.3f} {m['ece_before']:6.3f} {m['ece_after']:6.3f} "
-                     f"{_ci(m, 'ece_after_ci'):>13s}  {m['calibration']['kind']}")
+                     f"{_ci(m, 'ece_delta_ci'):>15s}  {m['calibration']['kind']}")
     rule = report.get("rule")
     if rule is not None:
         lines.append(f"{'rule':8s} {rule['balanced_accuracy']:6.3f} {_ci(rule):>13s} {'':6s} {'':13s}  "
