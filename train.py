@@ -112,7 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "or under $MAMAMIA_CACHE)")
     c = p.add_argument_group("pCR (--task pcr)")
     c.add_argument("--masks", choices=("expert", "predicted"), default="expert",
-                   help="tumour masks for radiomics (predicted = the latest infer.py output)")
+                   help="tumour masks for radiomics: expert, or predicted = masks of the training split predicted "
+                        "beforehand (python infer.py --ensemble --split train --output DIR, then --pred DIR; "
+                        "default DIR: the latest predictions/*); a missing mask is an error saying so")
     c.add_argument("--pred", help="with --masks predicted: folder holding pred_segmentations/")
     c.add_argument("--clinical", action="store_true",
                    help="add clinical inputs: age, menopause, breast density, HR and HER2 status, Nottingham grade "
