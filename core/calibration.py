@@ -24,7 +24,6 @@ small pCR tables.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 from dataclasses import dataclass
