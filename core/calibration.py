@@ -24,9 +24,9 @@ small pCR tables.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
-from dataclasses import dataclass
 
 from scipy.optimize import minimize_scalar
 
