@@ -4,6 +4,7 @@
     python infer.py --ensemble --runs mednext_k5_dice_ce mednext_k5_dice_ce_focal
     python infer.py --input /data/new_cases --output out/ --no-tta
     python infer.py --pcr                                  # also write predictions.csv (pCR)
+    python infer.py --pcr --masks predictions/demo         # pCR from existing masks, no segmentation
 
 ``torchrun --nproc_per_node=N infer.py ...`` shards the cases across the processes (GPUs or CPU
 processes); each writes its own cases and the manifest is merged at the end.
@@ -68,6 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=None)
     p.add_argument("--pcr", action="store_true", help="also predict pCR and write predictions.csv")
     p.add_argument("--pcr-run", help="pCR model: a run name or folder (default: the latest runs/*/pcr_model.pt)")
+    p.add_argument("--masks", metavar="DIR",
+                   help="with --pcr: predict pCR from the tumour masks already in DIR (DIR/pred_segmentations/"
+                        "<ID>.nii.gz or DIR/<ID>.nii.gz) without segmenting; predictions.csv goes to --output "
+                        "(default DIR)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -80,7 +85,25 @@ def _parse_axes(text: str):
         raise UserError(f"--tta-axes {text!r}: expected axes like 0,1,2") from None
 
 
+def pcr_from_masks(args) -> int:
+    """``--pcr --masks DIR``: features from the masks in DIR, no network is loaded."""
+    from core.errors import UserError
+    from engine.pcr_predict import find_pcr_model, predict_pcr
+    from engine.predictor import input_cases
+    if not args.pcr:
+        raise UserError("--masks DIR predicts pCR from existing masks: add --pcr")
+    masks = Path(args.masks)
+    if not masks.is_dir():
+        raise UserError(f"--masks {masks}: folder not found")
+    cases = input_cases(args.data, args.input, args.split, ids=[i for i in (args.ids or "").split(",") if i] or None)
+    out = Path(args.output) if args.output else masks
+    predict_pcr(cases, out, find_pcr_model(args.pcr_run, args.runs_dir), progress=not args.quiet, masks_dir=masks)
+    return 0
+
+
 def run(args) -> int:
+    if args.masks:
+        return pcr_from_masks(args)
     import torch
 
     from core.atomic import atomic_write

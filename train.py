@@ -5,6 +5,7 @@
     python train.py --arch mednext --kernel 5 --upkern-from mednext_k3_dice_ce   # seed B's UpKern stage
     torchrun --nproc_per_node=2 train.py --arch unet ...                          # distributed
     python train.py --task pcr --masks expert                                     # the pCR model
+    python train.py --task pcr --features post --n-select 40 --model snn          # seed B's pCR pipeline
 
 A run lives in runs/<name>/: config.json (the run description, network included), plan.json,
 data.json (the selection), splits.json (the folds), request.json (the flags that made it) and
@@ -115,9 +116,35 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "or under $MAMAMIA_CACHE)")
     c = p.add_argument_group("pCR (--task pcr)")
     c.add_argument("--masks", choices=("expert", "predicted"), default="expert",
-                   help="tumour masks for radiomics (predicted = the latest infer.py output)")
+                   help="tumour masks for radiomics: expert, or predicted = masks of the training split predicted "
+                        "beforehand (python infer.py --ensemble --split train --output DIR, then --pred DIR; "
+                        "default DIR: the latest predictions/*); a missing mask is an error saying so")
     c.add_argument("--pred", help="with --masks predicted: folder holding pred_segmentations/")
-    c.add_argument("--clinical", action="store_true", help="add age/menopause/subtype as inputs")
+    c.add_argument("--clinical", action="store_true",
+                   help="add clinical inputs: age, menopause, breast density, HR and HER2 status, Nottingham grade "
+                        "and subtype (from the JSON records and clinical_and_imaging_info.xlsx; missing values "
+                        "imputed with training-fold values plus a missing indicator)")
+    c.add_argument("--features", choices=("post", "post+sub", "all"), default="all",
+                   help="feature set: post = pyradiomics of the first post-contrast phase only (seed B), "
+                        "post+sub = also the subtraction image's first-order features, all (default) = also "
+                        "kinetics and the peritumoral ring")
+    c.add_argument("--corr-threshold", type=float, default=0.9,
+                   help="drop one feature of every pair with |Pearson r| above this (default 0.9, seed B)")
+    c.add_argument("--n-select", type=int, metavar="K",
+                   help="select exactly K features by forward selection (seed B: 40); default: up to 40, "
+                        "at most one per 20 training rows (a warning when K exceeds that)")
+    c.add_argument("--selector", choices=("ridge", "logreg", "lda"), default="ridge",
+                   help="estimator scoring the forward selection (default ridge: class-balanced, closed form)")
+    c.add_argument("--model", choices=("snn", "lr", "rf"), default="snn",
+                   help="deployed classifier: self-normalising network (default, seed B), logistic regression "
+                        "or random forest; all three are cross-validated and reported")
+    c.add_argument("--phantom-cases", type=int, default=40, metavar="N",
+                   help="without --data: a phantom dataset of N small cases (default 40, the default dataset), "
+                        "generated once and cached; e.g. 200 for a pCR model above chance")
+    c.add_argument("--phantom-seed", type=int, default=0, metavar="S",
+                   help="the seed of that phantom (default 0; another seed draws different patients)")
+    c.add_argument("--split", choices=("train", "all"), default="train",
+                   help="cases to cross-validate: the train split (default; the test split stays unseen) or all")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -138,7 +165,10 @@ def train_pcr(args) -> int:
     from engine import pcr_train
     req = pcr_train.PCRRequest(data=args.data, centers=args.centers, masks=args.masks, pred=args.pred,
                                clinical=args.clinical, fold=args.fold, seed=args.seed or 0, run=args.run,
-                               runs_dir=args.runs_dir, cache_dir=args.cache_dir, workers=args.workers)
+                               runs_dir=args.runs_dir, cache_dir=args.cache_dir, workers=args.workers,
+                               split=args.split, phantom_cases=args.phantom_cases, phantom_seed=args.phantom_seed,
+                               features=args.features, corr_threshold=args.corr_threshold,
+                               n_select=args.n_select, selector=args.selector, model=args.model)
     report = pcr_train.train_pcr(req, progress=not args.quiet)
     print(pcr_train.format_report(report))
     return 0

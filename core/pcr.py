@@ -3,6 +3,9 @@
 Seed B's pipeline (MAMA-MIA 2025), every step fitted on the training rows of a fold only:
 
 1. :class:`FeaturePipeline`
+   0. keep the feature set ``features`` (:data:`FEATURE_SETS`): ``post`` = pyradiomics of the
+      first post-contrast phase only (seed B), ``post+sub`` adds the subtraction image's
+      first-order features, ``all`` also the kinetics and the peritumoral ring;
    a. drop features missing in more than ``max_missing`` of the training rows, impute the rest
       with the training median, drop constant features, standardise (training mean / sd);
    b. rank features by univariate separation ``|AUC - 0.5|`` on the training rows and walk down
@@ -23,7 +26,8 @@ Seed B's pipeline (MAMA-MIA 2025), every step fitted on the training rows of a f
       in the spirit of the events-per-variable rule of clinical prediction models (Peduzzi et al.,
       J Clin Epidemiol 1996). Forward selection beyond that picks noise (cross-validated AUC of
       the logistic baseline on a 124-case phantom: 0.68 with 40 features, 0.72 with 5), and the
-      cap also bounds the cost.
+      cap also bounds the cost. ``row_cap=False`` (``train.py --n-select K``) selects exactly
+      ``n_select`` features (seed B's setting), with a logged warning when that exceeds the cap.
    Optional clinical columns (:class:`ClinicalEncoder`) bypass b-c and are always appended.
 2. a classifier on the selected features (the self-normalising network of ``nets/snn.py``, or the
    logistic-regression and random-forest baselines of :data:`BASELINES`) - passed in as a
@@ -31,25 +35,27 @@ Seed B's pipeline (MAMA-MIA 2025), every step fitted on the training rows of a f
 3. calibration: every classifier here is trained with balanced class weights (pCR is ~30 %
    positive), which shifts its log-odds by ``log(n_neg / n_pos)``; the fixed "prior correction"
    (King & Zeng, Political Analysis 2001) adds back ``log(n_pos / n_neg)`` of the training rows
-   (:attr:`FoldModel.prior_logit`), then temperature scaling (Guo et al., ICML 2017) divides the
-   log-odds by T fitted on validation predictions; the decision threshold maximising balanced
-   accuracy is also chosen on validation predictions (:func:`fit_temperature`,
-   :func:`choose_threshold`). Temperature scaling alone cannot undo the shift (it keeps logit 0
-   at probability 0.5): on 125-case phantoms it left the network's ECE at 0.13-0.19, the shift
-   plus temperature brought it to 0.09-0.16.
+   (:attr:`FoldModel.prior_logit`); then a calibration map (none, temperature, Platt or
+   isotonic) chosen by inner cross-validation on the training folds' out-of-fold predictions
+   (:func:`core.calibration.choose_calibration`: the simplest map within one standard error of
+   the best Brier score, so a calibrated score keeps "none"; a temperature fitted
+   unconditionally raised held-out ECE on small tables); the decision threshold maximising
+   balanced accuracy is also chosen on those predictions (:func:`choose_threshold`).
 
 Cross-validation (:func:`cross_validate`) uses the segmentation folds. Each fold model predicts
-its validation fold; the deployed temperature and threshold are fitted on all those out-of-fold
-predictions pooled (a 40-case phantom gives 8 validation cases per fold, too few to fit a
-threshold per fold). The reported metrics are cross-fitted (:func:`evaluate`): fold f is scored
-with a temperature and threshold fitted on the other folds' validation predictions, so no label
-is used to calibrate its own prediction.
+its validation fold; the deployed calibration map and threshold are chosen and fitted on all
+those out-of-fold predictions pooled (a 40-case phantom gives 8 validation cases per fold, too
+few to fit a threshold per fold). The reported metrics are cross-fitted
+(:func:`core.pcr_eval.evaluate`): fold f is scored with a map and threshold chosen and fitted on
+the other folds' validation predictions, so no label is used to calibrate its own prediction;
+they come with bootstrap 95 % intervals, beside the receptor rule and the phantom oracle.
 
 :func:`model_to_state` / :func:`model_from_state` turn a deployed :class:`PCRModel` into JSON
 values plus named arrays and back (the model file of ``nets/pcr_file.py``, no pickle).
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,10 +68,14 @@ from sklearn.feature_selection import SequentialFeatureSelector
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from core.calibration import (choose_threshold, evaluate, fit_temperature, nll, oracle,  # noqa: F401
-                              sigmoid)
+from core.calibration import (CALIBRATIONS, CalibrationMap, choose_calibration, choose_threshold,  # noqa: F401
+                              fit_temperature, nll, sigmoid)
+from core.pcr_clinical import ClinicalEncoder  # noqa: F401
+from core.pcr_eval import evaluate, oracle, receptor_rule, receptor_status, rule_metrics  # noqa: F401
 from core.fairness import roc_auc
 from core.plan import Settings
+
+log = logging.getLogger(__name__)
 
 
 class BalancedRidge(ClassifierMixin, BaseEstimator):
@@ -120,8 +130,19 @@ BASELINES: dict[str, Callable[[int], object]] = {
 PROB_CLIP = 1e-4  # probability-only models (random forest): logits of probabilities in [1e-4, 1 - 1e-4]
 
 
+# feature sets by column-name prefix (data/radiomics.py names): seed B uses pyradiomics of the
+# first post-contrast phase only ("post")
+FEATURE_SETS: dict[str, tuple[str, ...] | None] = {"post": ("post_",), "post+sub": ("post_", "sub_"), "all": None}
+
+
+def in_feature_set(name: str, features: str) -> bool:
+    prefixes = FEATURE_SETS[features]
+    return prefixes is None or name.startswith(prefixes)
+
+
 @dataclass(frozen=True)
 class PipelineConfig(Settings):
+    features: str = "all"                # a key of FEATURE_SETS
     max_missing: float = 0.3
     corr_threshold: float = 0.9          # seed B
     n_select: int = 40                   # seed B
@@ -129,11 +150,14 @@ class PipelineConfig(Settings):
     selector: str = "ridge"              # a key of SELECTORS
     scoring: str = "balanced_accuracy"   # any scikit-learn scorer name
     sfs_cv: int = 3
-    rows_per_feature: float = 20.0       # at most n_train / rows_per_feature features selected
+    rows_per_feature: float = 20.0       # at most n_train / rows_per_feature features selected ...
+    row_cap: bool = True                 # ... unless False (an explicit --n-select): then n_select exactly
     clip: float = 10.0                   # standardised values clipped to +-clip (robust to outliers)
     seed: int = 0
 
     def validate(self):
+        if self.features not in FEATURE_SETS:
+            raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {self.features!r}")
         if self.selector not in SELECTORS:
             raise ValueError(f"selector must be one of {sorted(SELECTORS)}, got {self.selector!r}")
         if not 0 <= self.max_missing <= 1 or not 0 < self.corr_threshold <= 1:
@@ -143,7 +167,10 @@ class PipelineConfig(Settings):
                              f"rows_per_feature > 0: {self}")
 
     def n_features(self, n_rows: int) -> int:
-        """Features to select from ``n_rows`` training rows: n_select, capped by rows_per_feature."""
+        """Features to select from ``n_rows`` training rows: n_select, capped by rows_per_feature
+        when ``row_cap``."""
+        if not self.row_cap:
+            return self.n_select
         return max(1, min(self.n_select, int(n_rows // self.rows_per_feature)))
 
 # ----------------------------------------------------------------------------- features
@@ -190,10 +217,12 @@ class FeaturePipeline:
         med = np.nanmedian(np.where(all_nan[None, :], 0.0, X), axis=0)
         xi = np.where(np.isnan(X), med, X)
         mean, sd = xi.mean(0), xi.std(0)
-        usable = (miss <= cfg.max_missing) & (sd > 1e-9 * np.maximum(1.0, np.abs(mean)))
+        in_set = np.array([in_feature_set(n, cfg.features) for n in names], bool)
+        usable = in_set & (miss <= cfg.max_missing) & (sd > 1e-9 * np.maximum(1.0, np.abs(mean)))
         cols = np.flatnonzero(usable)
-        self.dropped = {"missing": [names[j] for j in np.flatnonzero(miss > cfg.max_missing)],
-                        "constant": [names[j] for j in np.flatnonzero(~usable & (miss <= cfg.max_missing))]}
+        self.dropped = {"feature_set": [names[j] for j in np.flatnonzero(~in_set)],
+                        "missing": [names[j] for j in np.flatnonzero(in_set & (miss > cfg.max_missing))],
+                        "constant": [names[j] for j in np.flatnonzero(in_set & ~usable & (miss <= cfg.max_missing))]}
         if cols.size == 0 and forced is None:
             raise ValueError(f"no usable feature among {len(names)}: every one is constant or missing in "
                              f"more than {cfg.max_missing:.0%} of the {y.size} training rows")
@@ -202,8 +231,11 @@ class FeaturePipeline:
         order = sorted(range(cols.size), key=lambda j: (-strength[j], j))
         kept = correlation_filter(z, order, cfg.corr_threshold)
         self.dropped["correlated"] = [names[cols[j]] for j in sorted(set(range(cols.size)) - set(kept))]
-        cand = kept[:cfg.max_candidates]
         k = cfg.n_features(y.size)
+        cand = kept[:max(cfg.max_candidates, k)]
+        if k > y.size / cfg.rows_per_feature:
+            log.warning("selecting %d features from %d training rows (fewer than %g rows per feature): "
+                        "expect an overfitted model", k, y.size, cfg.rows_per_feature)
         chosen = self._forward_select(z[:, cand], y, k) if len(cand) > k else list(range(len(cand)))
         sel = cols[[cand[j] for j in chosen]]
         self.selected = sel
@@ -252,48 +284,6 @@ class FeaturePipeline:
         """What was fitted, for reports (names only)."""
         return {"selected": self.selected_names, "forced": self.forced_names,
                 "dropped": {k: len(v) for k, v in self.dropped.items()}}
-
-
-class ClinicalEncoder:
-    """Clinical variables as numeric columns with missing-value handling fitted on training rows.
-
-    Records are mappings with ``age`` (years or None), ``menopause`` ('pre' | 'post' | other =
-    unknown), ``subtype`` (str or None), ``density`` ('a'-'d' or None). Columns: age (missing ->
-    training median) and an age-missing indicator; pre and post indicators (unknown: both 0);
-    density as 0-3 (missing -> training median) and a density-missing indicator; one indicator
-    per subtype seen in training (missing or unseen: all 0).
-    """
-
-    def fit(self, records: Sequence[Mapping]) -> "ClinicalEncoder":
-        ages = [float(r["age"]) for r in records if _known(r.get("age"))]
-        dens = [_density(r.get("density")) for r in records if _density(r.get("density")) is not None]
-        self.age_median = float(np.median(ages)) if ages else 50.0
-        self.density_median = float(np.median(dens)) if dens else 1.5
-        self.subtypes = sorted({str(r["subtype"]) for r in records if _known(r.get("subtype"))})
-        self.names = (["age", "age_missing", "menopause_pre", "menopause_post", "density", "density_missing"]
-                      + [f"subtype_{s}" for s in self.subtypes])
-        return self
-
-    def transform(self, records: Sequence[Mapping]) -> np.ndarray:
-        out = np.zeros((len(records), len(self.names)))
-        for i, r in enumerate(records):
-            age, dens, meno = r.get("age"), _density(r.get("density")), str(r.get("menopause") or "")
-            out[i, 0] = float(age) if _known(age) else self.age_median
-            out[i, 1] = 0.0 if _known(age) else 1.0
-            out[i, 2], out[i, 3] = float(meno == "pre"), float(meno == "post")
-            out[i, 4] = dens if dens is not None else self.density_median
-            out[i, 5] = 0.0 if dens is not None else 1.0
-            if _known(r.get("subtype")) and str(r["subtype"]) in self.subtypes:
-                out[i, 6 + self.subtypes.index(str(r["subtype"]))] = 1.0
-        return out
-
-
-def _known(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v != ""
-
-
-def _density(v) -> float | None:
-    return float("abcd".index(v)) if isinstance(v, str) and v in ("a", "b", "c", "d") else None
 
 
 def logits_of(estimator, X) -> np.ndarray:
@@ -392,7 +382,8 @@ def cross_validate(X, y, names, fold_of, folds: Sequence[int], classifiers, cfg:
 @dataclass
 class PCRModel:
     """The deployed model: fold models of one classifier averaged in logit space, divided by the
-    pooled out-of-fold temperature, thresholded at the pooled out-of-fold threshold.
+    pooled out-of-fold calibration map (or temperature), thresholded at the pooled out-of-fold
+    threshold.
 
     The temperature was fitted on single-model logits; averaging folds shrinks the spread of the
     logits a little, so the ensemble is, if anything, slightly under- rather than overconfident.
@@ -405,6 +396,8 @@ class PCRModel:
     threshold: float
     clinical: bool
     settings: dict = field(default_factory=dict)   # feature extraction settings, for inference
+    # the calibration map chosen by inner cross-validation (core.calibration); None: the temperature
+    calibration: CalibrationMap | None = None
 
     def align(self, X, names: Sequence[str]) -> np.ndarray:
         """Reorder columns ``names`` of X to the training features; absent ones become NaN."""
@@ -428,5 +421,6 @@ class PCRModel:
 
     def predict(self, X, names: Sequence[str], records=None) -> tuple[np.ndarray, np.ndarray]:
         """``(score, label)``: calibrated pCR probability ``(N,)`` and 0/1 decision ``(N,)``."""
-        score = sigmoid(self.logits(X, names, records) / self.temperature)
+        lg = self.logits(X, names, records)
+        score = self.calibration(lg) if self.calibration is not None else sigmoid(lg / self.temperature)
         return score, (score >= self.threshold).astype(int)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from core.calibration import CalibrationMap
 from core.pcr import BalancedRidge, ClinicalEncoder, FeaturePipeline, FoldModel, PCRModel, PipelineConfig
 
 Arrays = dict[str, np.ndarray]
@@ -69,8 +70,91 @@ def _linear_from_state(meta, arrays) -> LinearClassifier:
     return LinearClassifier(coef, _array(arrays, "intercept", (1,), np.float64, "linear classifier"))
 
 
+class ForestClassifier:
+    """A fitted binary decision-tree ensemble as numbers: the nodes of all trees concatenated
+    (``left``/``right`` child indices into the same arrays, -1 at leaves; ``feature``,
+    ``threshold``: go left when ``x[feature] <= threshold``; ``p1``: the class-1 fraction of a
+    leaf), ``roots`` the first node of every tree. ``predict_proba`` averages the leaves' class-1
+    fractions over trees, as scikit-learn's random forest does."""
+
+    def __init__(self, left, right, feature, threshold, p1, roots, n_features: int):
+        self.left, self.right = np.asarray(left, np.int64), np.asarray(right, np.int64)
+        self.feature, self.threshold = np.asarray(feature, np.int64), np.asarray(threshold, np.float64)
+        self.p1, self.roots = np.asarray(p1, np.float64), np.asarray(roots, np.int64)
+        self.n_features_in_ = int(n_features)
+        self.classes_ = np.array([0, 1])
+
+    def predict_proba(self, X) -> np.ndarray:
+        # scikit-learn's trees compare float32 inputs with their (float64) thresholds
+        X = np.asarray(X, np.float64).astype(np.float32).astype(np.float64)
+        node = np.broadcast_to(self.roots, (X.shape[0], self.roots.size)).copy()
+        rows = np.arange(X.shape[0])[:, None]
+        for _ in range(self.left.size):          # bounded by the node count; ends at the depth
+            inner = self.left[node] >= 0
+            if not inner.any():
+                break
+            go_left = X[rows, np.where(inner, self.feature[node], 0)] <= self.threshold[node]
+            node = np.where(inner, np.where(go_left, self.left[node], self.right[node]), node)
+        p = self.p1[node].mean(axis=1)
+        return np.stack([1 - p, p], axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] > 0.5).astype(int)
+
+
+def _is_forest(est) -> bool:
+    if isinstance(est, ForestClassifier):
+        return True
+    from sklearn.ensemble import RandomForestClassifier
+    return isinstance(est, RandomForestClassifier) and list(np.asarray(est.classes_).tolist()) == [0, 1]
+
+
+def _forest_to_state(est) -> tuple[dict, Arrays]:
+    if isinstance(est, ForestClassifier):
+        f = est
+    else:
+        parts, start, roots = [], 0, []
+        for tree in est.estimators_:
+            t = tree.tree_
+            v = t.value[:, 0, :]
+            inner = t.children_left >= 0
+            parts.append((np.where(inner, t.children_left + start, -1), np.where(inner, t.children_right + start, -1),
+                          np.where(inner, t.feature, -1), np.where(inner, t.threshold, 0.0), v[:, 1] / v.sum(1)))
+            roots.append(start)
+            start += t.node_count
+        f = ForestClassifier(*(np.concatenate(a) for a in zip(*parts)), roots, est.n_features_in_)
+    return ({"n_features": int(f.n_features_in_)},
+            {"left": f.left, "right": f.right, "feature": f.feature, "threshold": f.threshold, "p1": f.p1,
+             "roots": f.roots})
+
+
+def _forest_from_state(meta, arrays) -> ForestClassifier:
+    w = "forest classifier"
+    _keys(meta, {"n_features"}, w)
+    nf = _get(meta, "n_features", "int", w)
+    _array_names(arrays, {"left", "right", "feature", "threshold", "p1", "roots"}, w)
+    n = np.shape(arrays["left"])[0] if np.ndim(arrays["left"]) == 1 else -1
+    if n < 1:
+        raise ValueError(f"{w}: 'left' must be a non-empty vector")
+    left, right, feature = (_array(arrays, k, (n,), np.int64, w) for k in ("left", "right", "feature"))
+    threshold, p1 = (_array(arrays, k, (n,), np.float64, w) for k in ("threshold", "p1"))
+    roots = arrays["roots"]
+    if np.ndim(roots) != 1 or roots.size < 1:
+        raise ValueError(f"{w}: 'roots' must be a non-empty vector")
+    roots = _array(arrays, "roots", (roots.size,), np.int64, w)
+    inner = left >= 0
+    idx = np.arange(n)
+    # children point forward inside the arrays (no cycles), features exist, probabilities in [0, 1]
+    if (np.any((left < -1) | (left >= n) | (right >= n)) or np.any(inner != (right >= 0))
+            or np.any(inner & ((left <= idx) | (right <= idx))) or np.any(inner & ((feature < 0) | (feature >= nf)))
+            or np.any((p1 < 0) | (p1 > 1)) or np.any((roots < 0) | (roots >= n))):
+        raise ValueError(f"{w}: node arrays are inconsistent (children, features, roots or leaf probabilities)")
+    return ForestClassifier(left, right, feature, threshold, p1, roots, nf)
+
+
 CLASSIFIER_CODECS: dict[str, ClassifierCodec] = {
     "linear": ClassifierCodec(_is_linear, _linear_to_state, _linear_from_state),
+    "forest": ClassifierCodec(_is_forest, _forest_to_state, _forest_from_state),
 }
 
 _KINDS = {"str": "a string", "bool": "true or false", "int": "an integer", "float": "a finite number",
@@ -134,7 +218,7 @@ def _pipeline_state(p: FeaturePipeline) -> tuple[dict, Arrays]:
 def _pipeline_from_state(meta, arrays, where: str) -> FeaturePipeline:
     _keys(meta, {"config", "names_in", "selected_names", "forced_names", "forced", "dropped"}, where)
     cd = _get(meta, "config", "dict", where)
-    kinds = {int: "int", float: "float", str: "str"}
+    kinds = {int: "int", float: "float", str: "str", bool: "bool"}
     for f in fields(PipelineConfig):
         if f.name in cd:
             _check(cd[f.name], kinds[type(f.default)], f"{where}.config.{f.name}")
@@ -167,20 +251,34 @@ def _pipeline_from_state(meta, arrays, where: str) -> FeaturePipeline:
 
 
 def _encoder_state(enc: ClinicalEncoder) -> dict:
-    return {"age_median": float(enc.age_median), "density_median": float(enc.density_median),
-            "subtypes": list(enc.subtypes), "names": list(enc.names)}
+    return {"fills": {k: float(v) for k, v in enc.fills.items()}, "subtypes": list(enc.subtypes),
+            "names": list(enc.names)}
 
 
 def _encoder_from_state(meta, where: str) -> ClinicalEncoder:
-    _keys(meta, {"age_median", "density_median", "subtypes", "names"}, where)
+    _keys(meta, {"fills", "subtypes", "names"}, where)
     enc = ClinicalEncoder()
-    enc.age_median = _get(meta, "age_median", "float", where)
-    enc.density_median = _get(meta, "density_median", "float", where)
+    fills = _get(meta, "fills", "dict", where)
+    _keys(fills, set(ClinicalEncoder.NUMERIC), f"{where}.fills")
+    enc.fills = {k: _check(fills[k], "float", f"{where}.fills.{k}") for k in ClinicalEncoder.NUMERIC}
     enc.subtypes = _get(meta, "subtypes", "strs", where)
     enc.names = _get(meta, "names", "strs", where)
-    if enc.names[6:] != [f"subtype_{s}" for s in enc.subtypes] or len(enc.names) != 6 + len(enc.subtypes):
-        raise ValueError(f"{where}: names do not match the subtypes")
+    if enc.names != ClinicalEncoder().fit([]).names + [f"subtype_{s}" for s in enc.subtypes]:
+        raise ValueError(f"{where}: names do not match the clinical columns and subtypes")
     return enc
+
+
+def _calibration_from_state(meta, where: str) -> CalibrationMap | None:
+    if meta is None:
+        return None
+    _keys(meta, {"kind", "a", "b", "xs", "ys"}, where)
+    try:
+        return CalibrationMap(kind=_get(meta, "kind", "str", where), a=_get(meta, "a", "float", where),
+                              b=_get(meta, "b", "float", where),
+                              xs=tuple(_check(v, "float", f"{where}.xs") for v in _get(meta, "xs", "list", where)),
+                              ys=tuple(_check(v, "float", f"{where}.ys") for v in _get(meta, "ys", "list", where)))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def model_to_state(model: PCRModel, codecs: Mapping[str, ClassifierCodec] = CLASSIFIER_CODECS) -> tuple[dict, Arrays]:
@@ -207,7 +305,8 @@ def model_to_state(model: PCRModel, codecs: Mapping[str, ClassifierCodec] = CLAS
                       "classifier": {"kind": kind, "state": cmeta}})
     meta = {"feature_names": list(model.feature_names), "classifier": model.classifier,
             "temperature": float(model.temperature), "threshold": float(model.threshold),
-            "clinical": bool(model.clinical), "settings": model.settings, "folds": folds}
+            "clinical": bool(model.clinical), "settings": model.settings, "folds": folds,
+            "calibration": model.calibration.to_dict() if model.calibration is not None else None}
     return meta, arrays
 
 
@@ -217,7 +316,8 @@ def model_from_state(meta, arrays: Mapping[str, np.ndarray],
     checked (types, shapes, consistency between folds, pipeline and classifier): ValueError naming
     the field when one is wrong. Each fold holds only the deployed classifier."""
     w = "model"
-    _keys(meta, {"feature_names", "classifier", "temperature", "threshold", "clinical", "settings", "folds"}, w)
+    _keys(meta, {"feature_names", "classifier", "temperature", "threshold", "clinical", "settings", "folds",
+                 "calibration"}, w)
     names = _get(meta, "feature_names", "strs", w)
     name = _get(meta, "classifier", "str", w)
     temperature = _get(meta, "temperature", "float", w)
@@ -267,4 +367,5 @@ def model_from_state(meta, arrays: Mapping[str, np.ndarray],
                                classifiers={name: est}, prior_logit=_get(fmeta, "prior_logit", "float", wf),
                                train_ids=_get(fmeta, "train_ids", "strs", wf)))
     return PCRModel(feature_names=names, folds=folds, classifier=name, temperature=temperature,
-                    threshold=threshold, clinical=clinical, settings=settings)
+                    threshold=threshold, clinical=clinical, settings=settings,
+                    calibration=_calibration_from_state(meta["calibration"], f"{w}.calibration"))

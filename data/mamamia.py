@@ -6,6 +6,8 @@ Layout::
     <root>/segmentations/expert/<patient_id>.nii.gz                  ground truth on the _0001 grid
     <root>/patient_info_files/<patient_id>.json                      clinical + imaging record
     <root>/train_test_splits.csv                                      columns train_split, test_split
+    <root>/clinical_and_imaging_info.xlsx                             optional: receptor status etc.
+                                                                      (data/clinical_table.py)
 
 A patient id is the image folder's name exactly as it is on disk: outputs are named
 ``<patient_id>.nii.gz`` and the official scorer opens exactly that name. Masks, JSON records,
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import io
+from data import clinical_table, io
 from data.records import (BOX_AXES, Acquisition, Clinical, _get, _num, breast_box_from_json,  # noqa: F401
                           center_from_id, menopause_group, parse_record, validate_box)
 
@@ -59,6 +61,13 @@ class Case:
     breast_box: tuple[slice, slice, slice] | None = None
     split: str | None = None            # train | test | None (not listed)
     record_error: str | None = None     # why the JSON record is unusable (raised on use)
+    # every column of the clinical table's row, ``(name, typed value)`` pairs (``table_row``)
+    table: tuple = ()
+
+    @property
+    def table_row(self) -> dict:
+        """The case's row of ``clinical_and_imaging_info.xlsx`` (column -> value), {} if none."""
+        return dict(self.table)
 
     @property
     def n_phases(self) -> int:
@@ -151,8 +160,10 @@ def _read_record(path: Path):
         return None, Clinical(), Acquisition(), None, str(exc)
 
 
-def _discover_cases(images: Path, masks: dict, jsons: dict, splits: dict) -> list[Case]:
-    """Cases of ``images/``; ``masks``, ``jsons`` and ``splits`` are keyed by lower-case id."""
+def _discover_cases(images: Path, masks: dict, jsons: dict, splits: dict, table: dict | None = None,
+                    table_source: str = clinical_table.FILE_NAME) -> list[Case]:
+    """Cases of ``images/``; ``masks``, ``jsons``, ``splits`` and the clinical ``table`` are keyed
+    by lower-case id."""
     folders = [p for p in images.iterdir() if p.is_dir()]
     ci_index(((p.name, p) for p in folders), what=f"case folders in {images}")  # collisions
     cases = []
@@ -178,7 +189,11 @@ def _discover_cases(images: Path, masks: dict, jsons: dict, splits: dict) -> lis
         center, clinical, acq, box, error = None, Clinical(), Acquisition(), None, None
         if key in jsons:
             center, clinical, acq, box, error = _read_record(jsons[key])
-        cases.append(Case(patient_id=pid, center=center or center_from_id(pid),
+        extra = {}
+        if table and key in table and error is None:
+            center, clinical, acq, extra = clinical_table.merge_row(pid, center, clinical, acq, table[key],
+                                                                    table_source)
+        cases.append(Case(table=tuple(extra.items()), patient_id=pid, center=center or center_from_id(pid),
                           phase_paths=tuple(phases[k] for k in nums), phase_numbers=nums,
                           mask_path=masks.get(key), json_path=jsons.get(key), clinical=clinical,
                           acquisition=acq, breast_box=box, split=splits.get(key), record_error=error))
@@ -259,7 +274,13 @@ def load_dataset(root: str | os.PathLike, require_splits: bool = False,
         raise FileNotFoundError(f"{root}: train_test_splits.csv not found")
     splits = {pid.lower(): split for pid, split in splits_raw.items()}
 
-    cases = _discover_cases(images, masks, jsons, splits)
+    table = clinical_table.read_clinical_table(root)
+    cases = _discover_cases(images, masks, jsons, splits, table, str(root / clinical_table.FILE_NAME))
+    if table:
+        unmatched = sorted(v["patient_id"] for k, v in table.items() if k not in {c.patient_id.lower() for c in cases})
+        if unmatched:
+            log.warning("%s: %d patient(s) in the clinical table have no images: %s",
+                        clinical_table.FILE_NAME, len(unmatched), _ids_text(unmatched))
     found = {c.patient_id.lower() for c in cases}
     orphans = sorted(pid for pid in splits_raw if pid.lower() not in found)
     if orphans:

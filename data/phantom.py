@@ -8,14 +8,17 @@ Library::
 Command line::
 
     python -m data.phantom --out DIR --cases N --seed S [--scale small|full] [--workers W]
-    python -m data.phantom --summary              # generate/reuse the default dataset, print table
+    python -m data.phantom --summary              # generate/reuse the default dataset, print tables
+    python -m data.phantom --summary --data DIR   # the tables of an existing phantom dataset
     python -m data.phantom --preview DIR          # DIR/phantom_preview.png, one case per center
 
 The folder follows the real layout exactly (MAMA-MIA, Garrucho et al., Scientific Data 2025): ``images/<ID>/<id>_000k.nii.gz``
 (upper-case folder, lower-case files, int16, a stray ``.tsv`` beside them),
 ``segmentations/expert/<id>.nii.gz`` (uint8 {0,1} on the ``_0001`` grid),
-``patient_info_files/<id>.json`` and ``train_test_splits.csv`` (columns train_split,test_split,
-the shorter one padded with empty cells, ~80/20 stratified by center). How every label is
+``patient_info_files/<id>.json``, ``train_test_splits.csv`` (columns train_split,test_split,
+the shorter one padded with empty cells, ~80/20 stratified by center) and the clinical table
+``clinical_and_imaging_info.xlsx`` (sheet ``dataset_info``, one row per patient, with receptor
+status; :data:`TABLE_COLUMNS`). How every label is
 generated is in :mod:`data.phantom_cases`.
 
 Modules (this one is the public entry: generation of a dataset, the cached default dataset and the
@@ -46,21 +49,24 @@ import numpy as np
 
 from data import io
 from data.phantom_cases import (ANAT_SCALE, B0, B_SUBTYPE, BPE_KTRANS, CURVE_P, EPS_SD,  # noqa: F401
-                                LESION_SCALE, MENO_LONG, SCALES, SIZE_SHIFT, PhantomCase, draw_case,
-                                draw_cases, pcr_logit, pcr_probability)
+                                LESION_SCALE, MENO_LONG, RECEPTORS, SCALES, SIZE_SHIFT, PhantomCase,
+                                draw_case, draw_cases, pcr_logit, pcr_probability, receptors)
 from data.phantom_centers import CENTERS, Center, allocate_centers, patient_ids  # noqa: F401
-from data.phantom_checks import (NAIVE_QUANTILES, NAIVE_VALUES, _dice,  # noqa: F401
+from data.phantom_checks import (NAIVE_QUANTILES, NAIVE_VALUES, _dice, centers_table,  # noqa: F401
                                  dataset_subtractions, naive_threshold_dice, save_preview)
 from data.workers import process_map
-from data.phantom_writer import (LATENTS_CSV, MANIFEST, PHANTOM_VERSION, REPO_ROOT,  # noqa: F401
-                                 STAT_KEYS, _csv_text, cache_dir, case_record, is_cached, make_splits,
-                                 read_manifest, write_case)
+from data.phantom_writer import (CLINICAL_XLSX, LATENTS_CSV, MANIFEST, PHANTOM_VERSION,  # noqa: F401
+                                 REPO_ROOT, STAT_KEYS, TABLE_COLUMNS, TABLE_SHEET, _csv_text, cache_dir,
+                                 case_record, is_cached, make_splits, read_manifest, table_row,
+                                 write_case, write_clinical_table)
 
 __all__ = [
-    "ANAT_SCALE", "B0", "B_SUBTYPE", "BPE_KTRANS", "CENTERS", "CURVE_P", "EPS_SD", "LATENTS_CSV",
+    "ANAT_SCALE", "B0", "B_SUBTYPE", "BPE_KTRANS", "CENTERS", "CLINICAL_XLSX", "CURVE_P", "EPS_SD",
+    "LATENTS_CSV", "RECEPTORS", "TABLE_COLUMNS", "TABLE_SHEET", "receptors", "table_row",
+    "write_clinical_table",
     "LESION_SCALE", "MANIFEST", "MENO_LONG", "NAIVE_QUANTILES", "NAIVE_VALUES", "PHANTOM_VERSION",
     "REPO_ROOT", "SCALES", "SIZE_SHIFT", "STAT_KEYS", "Center", "PhantomCase", "allocate_centers",
-    "cache_dir", "case_record", "dataset_subtractions", "default_dataset", "draw_case", "draw_cases",
+    "cache_dir", "case_record", "centers_table", "dataset_subtractions", "default_dataset", "draw_case", "draw_cases",
     "generate_dataset", "is_cached", "main", "make_splits", "naive_threshold_dice", "patient_ids",
     "pcr_logit", "pcr_probability", "read_manifest", "save_preview", "write_case",
 ]
@@ -109,6 +115,7 @@ def generate_dataset(out, cases: int = 40, seed: int = 0, scale: str = "small", 
         io.atomic_write_text(tmp / "train_test_splits.csv", _csv_text(
             ["train_split", "test_split"],
             [[train[i] if i < len(train) else "", test[i] if i < len(test) else ""] for i in range(n)]))
+        write_clinical_table(tmp, pcs)
         rows.sort(key=lambda r: r["patient_id"])
         keys = ["patient_id", "center", "split"] + [k for k in rows[0] if k not in ("patient_id", "center")]
         io.atomic_write_text(tmp / LATENTS_CSV, _csv_text(keys, [
@@ -160,6 +167,8 @@ def default_dataset(scale: str = "small", cases: int = 40, seed: int = 0, worker
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data.phantom", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, help="write a dataset here (must not exist or be empty)")
+    ap.add_argument("--data", type=Path, help="with --summary / --hardness: an existing phantom dataset "
+                    "instead of the default one")
     ap.add_argument("--cases", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", choices=SCALES, default="small")
@@ -178,7 +187,13 @@ def main(argv=None) -> int:
         ap.error(f"--cases must be >= 1, got {args.cases}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = None
-    if args.out is not None:
+    if args.data is not None:
+        if args.out is not None:
+            ap.error("give --out (write a dataset) or --data (read one), not both")
+        if read_manifest(args.data) is None:
+            ap.error(f"--data {args.data}: not a phantom dataset (no {MANIFEST})")
+        root = args.data
+    elif args.out is not None:
         t0 = time.time()
         root = generate_dataset(args.out, args.cases, args.seed, args.scale, args.workers,
                                 not args.no_progress, args.overwrite)
@@ -193,10 +208,11 @@ def main(argv=None) -> int:
         from data import mamamia
 
         print(mamamia.summary_table(mamamia.load_dataset(root)))
+        print(centers_table(root))
         man = read_manifest(root) or {}
         workers = min(2, os.cpu_count() or 1) if args.workers is None else args.workers
         print(f"generation time: {man.get('seconds', float('nan')):.1f} s for {man.get('cases')} "
-              f"{man.get('scale')} cases ({workers} worker(s))")
+              f"{man.get('scale')} cases" + ("" if args.data is not None else f" ({workers} worker(s))"))
     if args.hardness and root is not None:
         res = naive_threshold_dice(dataset_subtractions(root))
         print(f"naive threshold + largest component: mean Dice {res['dice']:.3f} at {res['threshold']}")

@@ -7,44 +7,82 @@ latent variables the labels were generated from.
 
 How every label is generated (per case, from ``SeedSequence([seed, center_code, k])``)
 ---------------------------------------------------------------------------------------
+Per-center numbers are in :data:`data.phantom_centers.CENTERS` (facts in that module's docstring).
+
 1. age ~ Normal(48.5, 10.5) truncated to [21, 77], rounded.
 2. menopause (latent): age < 40 -> pre; age > 58 -> post; otherwise post with probability
    sigmoid((age - 51) / 2), else peri with probability 0.35 when age >= 45, else pre.
-   Reported ``menopausal_status``: missing with a per-center probability; ISPY1/ISPY2 write long
-   strings ('pre (...)', 'peri (...)', 'post (...)') with probability 0.6; peri is always long.
+   Reported ``menopausal_status``: missing for every ISPY1 and NACT case, 18 % of ISPY2 and 5 % of
+   DUKE; ISPY2 writes long strings ('pre (...)', 'peri (...)', 'post (...)') with probability
+   0.6; peri is always long.
 3. density (latent, drives the amount of fibroglandular tissue for every case):
-   score = -0.045 (age - 48) + Normal(0, 1), cut at -1.28 / 0 / 1.28 -> a / b / c / d.
-   Reported ``breast_density`` for DUKE cases only (85 % of them), missing otherwise.
-4. subtype ~ per-center categorical (:data:`CENTERS`), written as ``tumor_subtype`` (2 % missing).
+   score = -0.045 (age - 48) + Normal(0, 1), cut at DENSITY_CUTS -1.72 / -0.40 / 0.93 -> a / b / c
+   / d (about 6 / 30 / 44 / 20 %). Reported ``breast_density`` for 20 % of DUKE cases only
+   (so c > b > d > a there), missing otherwise.
+4. subtype ~ per-center categorical. DUKE, ISPY1 and NACT use the label ``luminal``, ISPY2
+   ``luminal_a`` / ``luminal_b``. Written as ``tumor_subtype``, missing for 28 % of NACT and 2 % of
+   the other cases. Receptor status follows the subtype (RECEPTORS):
+
+   =================================  ====  ======  ===============================
+   subtype                            hr    her2    er, pr
+   =================================  ====  ======  ===============================
+   luminal, luminal_a, luminal_b      1     0       (1, 1) 70 %, (1, 0) 22 %, (0, 1) 8 %
+   her2_enriched (HER2+, HR+)         1     1       as above
+   her2_pure (HER2+, HR-)             0     1       (0, 0)
+   triple_negative                    0     0       (0, 0)
+   =================================  ====  ======  ===============================
+
+   so hr = max(er, pr) always, and "HR- or HER2+" is "not luminal". The receptor fields are
+   written to the clinical table only (not to the JSON, as in the real download), empty where
+   the subtype is missing. Nottingham grade 1/2/3 ~ GRADE_P[subtype] (mostly 3 in triple-negative
+   and HER2+ tumours, 1-2 in luminal ones), missing with a per-center probability; race from a
+   per-center categorical (missing for NACT). Neither enters the pCR model.
 5. lesion given subtype: size_z ~ Normal(SIZE_SHIFT[subtype], 1); diameter = 22 mm *
-   exp(0.42 size_z) clipped to [5, 60] mm; curve type ~ CURVE_P[family] (luminal / her2 /
-   triple_negative); Ktrans, ve, vp drawn for that curve type at the case's acquisition times
-   (:func:`data.phantom_kinetics.draw_tumour_kinetics`); necrotic core with probability
-   sigmoid(-1.4 + 1.1 size_z + 0.9 [triple negative]), core radius fraction nec ~ U(0.35, 0.7)
-   (necrotic volume fraction ~ nec^3); rim (heterogeneity) ~ U(0, 0.5) + 0.3 [triple
-   negative] + 0.2 [necrotic], clipped to 1; spiculated with probability 0.45 (luminal) /
-   0.2 (her2) / 0.1 (triple negative); 2 or 3 foci with probability 0.10 / 0.05; 1-4
-   satellite nodules with probability 0.2 (foci and satellites are part of the mask).
-6. pCR: logit = B0 + B_SUBTYPE[subtype] - 0.6 size_z + 0.5 z(log Ktrans) + 0.4 [washout]
-   - 4.0 nec^3 - 0.5 rim - 0.15 (age - 48) / 10 + eps, eps ~ Normal(0, 0.8), B0 = -0.85;
-   pcr ~ Bernoulli(sigmoid(logit)); z(log Ktrans) = (log Ktrans + 1.35) / 0.6.
-   B_SUBTYPE: luminal -1.0, luminal_a -1.3, luminal_b -0.7, her2_enriched +0.5,
-   her2_pure +1.0, triple_negative +0.6. So HER2+ and triple-negative, small, fast-exchange
-   (washout, high Ktrans), non-necrotic, homogeneous tumours respond more often. 30 % positive
-   (0.300 and 0.314 on two sets of 4000 draws). Reported ``pcr`` is null for 3 % of cases.
+   exp(0.42 size_z) clipped to [5, 60] mm; kinetic class ~ CURVE_P[family] (luminal / her2 /
+   triple_negative); Ktrans, ve, vp drawn so that the curve on a DUKE-like early protocol
+   (REFERENCE_TIMES, injection at 35 s) is of that class
+   (:func:`data.phantom_kinetics.draw_tumour_kinetics`); ``curve`` is the type the case's own
+   acquisition times show (ISPY1/NACT sample 6-10 min after injection: mostly plateau/washout);
+   necrotic core with probability sigmoid(-1.4 + 1.1 size_z + 0.9 [triple negative]), core radius
+   fraction nec ~ U(0.35, 0.7) (necrotic volume fraction ~ nec^3); rim (heterogeneity) ~
+   U(0, 0.5) + 0.3 [triple negative] + 0.2 [necrotic], clipped to 1; spiculated with probability
+   0.45 (luminal) / 0.2 (her2) / 0.1 (triple negative); 2 or 3 foci with probability 0.10 / 0.05;
+   1-4 satellite nodules with probability 0.2 (foci and satellites are part of the mask).
+6. pCR: logit = B0 + pcr_offset[center] + B_SUBTYPE[subtype] - 0.6 size_z + 0.5 z(log Ktrans)
+   + 0.4 [washout class] - 4.0 nec^3 - 0.5 rim - 0.15 (age - 48) / 10 + eps, eps ~ Normal(0, 0.8),
+   B0 = -0.85; pcr ~ Bernoulli(sigmoid(logit)); z(log Ktrans) = (log Ktrans + 1.35) / 0.6.
+   B_SUBTYPE: luminal -0.64, luminal_a -0.94, luminal_b -0.34, her2_enriched +0.49, her2_pure
+   +1.09, triple_negative +0.61; pcr_offset: DUKE -0.34, ISPY1 -0.22, ISPY2 0, NACT -0.98. Both
+   were fitted (alternating logit updates on the expected rates of 6000 draws) to MAMA-MIA's pCR
+   rates by subtype group (luminal 0.20, HER2+ 0.47, triple negative 0.37) and by center (DUKE
+   0.23, ISPY1 0.29, ISPY2 0.32, NACT 0.17). On two sets of 4000 draws: pCR 0.300 / 0.306;
+   luminal 0.20 / 0.19, HER2+ 0.44 / 0.44, triple negative 0.34 / 0.36; DUKE 0.29 / 0.24, ISPY1
+   0.30 / 0.32, ISPY2 0.31 / 0.33, NACT 0.17 / 0.18. The receptor rule "HR- or HER2+ => pCR" has
+   balanced accuracy 0.61 / 0.62 (pCR 0.38-0.40 when HR- or HER2+, 0.19-0.20 when HR+/HER2-;
+   the field's 0.57 vs 0.15 cannot hold together with the subtype rates above, which bound the
+   first figure by 0.47). Reported ``pcr`` is null for 3 % of cases.
 7. The noise-free part of the logit (``logit_det``) and ``p_pcr`` = E[sigmoid(logit)] over eps
    are stored for every case in ``phantom_latent`` (JSON) and ``phantom_latents.csv``:
-   thresholding ``p_pcr`` at 0.3 is the oracle, balanced accuracy 0.715-0.717 on those draws.
-   Subtype and age are in the JSON; size, kinetics, necrosis and rim are visible in the images,
-   so the oracle is the ceiling of an image + clinical model ("learnable but hard").
+   thresholding ``p_pcr`` at 0.3 is the oracle, balanced accuracy 0.70-0.71 on those draws,
+   above the receptor rule: size, kinetics, necrosis and rim are visible in the images and carry
+   signal beyond the subtype, so the oracle is the ceiling of an image + clinical model
+   ("learnable but hard").
 
 Acquisition per case: phase count drawn from the real per-center counts, pre-contrast at 0 s,
-first post-contrast ~140-200 s, then ~80-150 s apart; injection 1.2-2 min before the first
-post-contrast phase. Small scale (default) keeps the real spacings but crops the field of view
-(<= 120 mm per axis) and shrinks the body by 0.55; lesions keep their drawn size unless they do
-not fit the breast (at small scale most lesions above ~25 mm are shrunk to fit, so the rendered
-size saturates; ``rendered_diameter_mm`` records it); full scale uses the real matrices
-(e.g. 448/512^2 x 168 DUKE, 256^2 x 60 ISPY1; ~5 GB of memory per DUKE case, one worker).
+first post-contrast and the interval between later phases from the center's ranges (DUKE
+165-210 s, 10 % 210-300 s, then 110-130 s apart; ISPY1 370-420 s, 310-350 s apart; ISPY2
+110-180 s, 85-95 s apart; NACT 380-600 s, 340-380 s apart); contrast injected 20-50 s after the
+start of the pre-contrast scan, so the enhancement at each phase follows from these times through
+the kinetic model. Scanner (manufacturer, model, field strength) from the center's shares. Quality
+causes, log-normal per center and clipped to QUALITY_CLIP: Rician noise sigma (relative to fat),
+rigid motion scale (mm), ghost amplitude, in-plane point-spread sigma ``psf_mm``; ISPY1/ISPY2 have
+higher medians than DUKE/NACT, and lower contrast dose. The realised largest inter-phase
+translation is recorded by the renderer as ``motion_max_mm``. Small scale (default) keeps the
+real spacings but crops the field of view (<= 120 mm per axis) and shrinks the body by 0.55;
+lesions keep their drawn size unless they do not fit the breast (at small scale most lesions
+above ~25 mm are shrunk to fit, so the rendered size saturates; ``rendered_diameter_mm`` records
+it); full scale uses the real matrices (e.g. 448/512^2 x 168 DUKE, 256^2 x 60 ISPY1; ~5 GB of
+memory per DUKE case, one worker).
 """
 from __future__ import annotations
 
@@ -56,7 +94,7 @@ import numpy as np
 
 from data.phantom_body import thorax_surface
 from data.phantom_centers import CENTERS, Center, allocate_centers, patient_ids
-from data.phantom_kinetics import CURVE_TYPES, draw_tumour_kinetics, t10_ms
+from data.phantom_kinetics import CURVE_TYPES, curve_type, draw_tumour_kinetics, enhancement_curve, t10_ms
 from data.phantom_lesion import lesion_centre
 from data.phantom_spec import Anatomy, CaseSpec, Lesion, world_extent_to_shape
 
@@ -70,9 +108,24 @@ SIZE_SHIFT = {"luminal": -0.2, "luminal_a": -0.3, "luminal_b": -0.1, "her2_enric
               "her2_pure": 0.2, "triple_negative": 0.3}
 CURVE_P = {"luminal": (0.4, 0.35, 0.25), "her2": (0.15, 0.35, 0.5), "triple_negative": (0.2, 0.35, 0.45)}
 B0 = -0.85
-B_SUBTYPE = {"luminal": -1.0, "luminal_a": -1.3, "luminal_b": -0.7, "her2_enriched": 0.5,
-             "her2_pure": 1.0, "triple_negative": 0.6}
+B_SUBTYPE = {"luminal": -0.64, "luminal_a": -0.94, "luminal_b": -0.34, "her2_enriched": 0.49,
+             "her2_pure": 1.09, "triple_negative": 0.61}
 EPS_SD = 0.8
+# (hr, her2) per subtype label; er/pr among HR+ cases (phantom's choice: ER+PR+ most, ER-PR+ rare)
+RECEPTORS = {"luminal": (1, 0), "luminal_a": (1, 0), "luminal_b": (1, 0), "her2_enriched": (1, 1),
+             "her2_pure": (0, 1), "triple_negative": (0, 0)}
+ER_PR_GIVEN_HR = {(1, 1): 0.70, (1, 0): 0.22, (0, 1): 0.08}
+# Nottingham grade 1/2/3 per subtype: higher in HER2+ and triple-negative tumours
+GRADE_P = {"luminal": (0.2, 0.5, 0.3), "luminal_a": (0.35, 0.5, 0.15), "luminal_b": (0.1, 0.45, 0.45),
+           "her2_enriched": (0.05, 0.4, 0.55), "her2_pure": (0.03, 0.32, 0.65),
+           "triple_negative": (0.02, 0.18, 0.8)}
+# latent density score cut points: a 6 %, b 30 %, c 44 %, d 20 % (DUKE's reported c > b > d > a)
+DENSITY_CUTS = (-1.72, -0.40, 0.93)
+# the kinetic class of a tumour is the curve type it shows on a DUKE-like early protocol
+REFERENCE_TIMES, REFERENCE_INJECTION_S = (0, 180, 300, 420), 35.0
+INJECTION_S = (20.0, 50.0)   # contrast injection, seconds after the start of the pre-contrast scan
+# clipping of the log-normal quality causes (noise: sigma/fat signal; motion, psf: mm)
+QUALITY_CLIP = {"noise": (0.008, 0.12), "motion": (0.02, 3.0), "ghost": (0.001, 0.1), "psf": (0.2, 1.6)}
 MENO_LONG = {
     "pre": "pre (<6 months since LMP AND no prior bilateral ovariectomy AND not on estrogen replacement)",
     "peri": "peri (6-12 months since LMP AND no prior bilateral ovariectomy AND not on estrogen replacement)",
@@ -100,12 +153,25 @@ class PhantomCase:
     scanner: tuple
     site: str | None
     latent: dict                # everything the labels were generated from
+    table: dict                 # fields of the clinical table only (receptors, grade, race), as written
 
 
 def _pick(rng, options: dict):
     keys = list(options)
     p = np.asarray([options[k] for k in keys], float)
     return keys[int(rng.choice(len(keys), p=p / p.sum()))]
+
+
+def _lognormal(rng, median_sd: tuple, lo: float, hi: float) -> float:
+    median, sd = median_sd
+    return float(np.clip(median * math.exp(sd * rng.normal()), lo, hi))
+
+
+def receptors(rng, subtype: str) -> dict:
+    """hr, er, pr, her2 (0/1) of a case of this subtype (module docstring, step 4)."""
+    hr, her2 = RECEPTORS[subtype]
+    er, pr = _pick(rng, ER_PR_GIVEN_HR) if hr else (0, 0)
+    return dict(hr=hr, er=er, pr=pr, her2=her2)
 
 
 def _draw_clinical(rng, c: Center) -> dict:
@@ -127,25 +193,32 @@ def _draw_clinical(rng, c: Center) -> dict:
     else:
         meno_txt = meno
     score = -0.045 * (age - 48) + rng.normal()
-    density = "abcd"[int(np.searchsorted([-1.28, 0.0, 1.28], score))]
-    density_txt = density if (c.name == "DUKE" and rng.random() < 0.85) else None
+    density = "abcd"[int(np.searchsorted(DENSITY_CUTS, score))]
+    density_txt = density if rng.random() < c.density_report_p else None
     subtype = _pick(rng, c.subtypes)
+    rec = receptors(rng, subtype)
+    grade = int(rng.choice(3, p=GRADE_P[subtype])) + 1
     return dict(age=age, menopause=meno, menopause_txt=meno_txt, density=density,
-                density_txt=density_txt, subtype=subtype)
+                density_txt=density_txt, subtype=subtype, grade=grade,
+                grade_txt=None if rng.random() < c.grade_missing_p else grade,
+                race=_pick(rng, c.race), **rec)
 
 
 def _draw_acquisition(rng, c: Center) -> dict:
     n_ph = _pick(rng, c.phases)
-    first, step = rng.uniform(*c.first_post_s), rng.uniform(*c.interval_s)
+    first = rng.uniform(*(c.late_first_s if rng.random() < c.late_first_p else c.first_post_s))
+    step = rng.uniform(*c.interval_s)
     times = [0] + [int(round(first + i * step + rng.normal(0, 3))) for i in range(n_ph - 1)]
-    manu, model, field = c.scanners[int(rng.integers(len(c.scanners)))]
+    manu, model, field = _pick(rng, c.scanners)
     tr = rng.uniform(4.5, 7.0) if field < 2 else rng.uniform(4.0, 5.5)
     ip, sl = float(rng.choice(c.inplane)), float(rng.choice(c.slice_mm))
-    return dict(times=tuple(times), injection_s=float(first - 60 * rng.uniform(1.2, 2.0)),
+    return dict(times=tuple(times), injection_s=float(rng.uniform(*INJECTION_S)),
                 manufacturer=manu, model=model, field=float(field), tr=round(float(tr), 3),
                 te=round(float(rng.uniform(1.3, 2.7)), 3), flip=float(rng.uniform(*c.flip)),
-                fat_sat=bool(rng.random() < c.fat_sat_p), noise=float(rng.uniform(*c.noise)),
-                motion=float(rng.uniform(*c.motion)), ghost=float(rng.uniform(*c.ghost)),
+                fat_sat=bool(rng.random() < c.fat_sat_p), noise=_lognormal(rng, c.noise, *QUALITY_CLIP["noise"]),
+                motion=_lognormal(rng, c.motion, *QUALITY_CLIP["motion"]),
+                ghost=_lognormal(rng, c.ghost, *QUALITY_CLIP["ghost"]),
+                psf=_lognormal(rng, c.psf, *QUALITY_CLIP["psf"]),
                 dose=float(rng.uniform(*c.dose)), bias=float(rng.uniform(0.08, 0.2)),
                 gain=float(rng.uniform(1500, 2500)), spacing=(ip, ip, sl),
                 bilateral=bool(rng.random() < c.bilateral_p), side=int(rng.choice([-1, 1])),
@@ -174,13 +247,17 @@ def _draw_anatomy(rng, clin: dict, scale: str) -> Anatomy:
         bpe=float(rng.uniform(*BPE_KTRANS[level])), n_vessels=int(rng.integers(2, 6)))
 
 
-def _draw_lesion(rng, clin: dict, acq: dict) -> tuple[Lesion, float]:
+def _draw_lesion(rng, clin: dict, acq: dict) -> tuple[Lesion, float, str]:
     sub = clin["subtype"]
     fam = _family(sub)
     size_z = float(rng.normal(SIZE_SHIFT[sub], 1.0))
-    curve = CURVE_TYPES[int(rng.choice(3, p=CURVE_P[fam]))]
-    kt, ve, vp = draw_tumour_kinetics(rng, curve, acq["times"], acq["injection_s"],
-                                         t10_ms("tumour", acq["field"]), acq["tr"], acq["flip"])
+    kclass = CURVE_TYPES[int(rng.choice(3, p=CURVE_P[fam]))]
+    t10 = t10_ms("tumour", acq["field"])
+    kt, ve, vp = draw_tumour_kinetics(rng, kclass, REFERENCE_TIMES, REFERENCE_INJECTION_S, t10, acq["tr"],
+                                      acq["flip"])
+    # the curve type the case's own acquisition times show (late first phases: more washout)
+    curve = curve_type(enhancement_curve(acq["times"], kt, ve, vp, t10, acq["tr"], acq["flip"],
+                                         acq["injection_s"]))
     tn = float(sub == "triple_negative")
     necrotic = rng.random() < _sigmoid(-1.4 + 1.1 * size_z + 0.9 * tn)
     nec = float(rng.uniform(0.35, 0.7)) if necrotic else 0.0
@@ -192,14 +269,14 @@ def _draw_lesion(rng, clin: dict, acq: dict) -> tuple[Lesion, float]:
                        n_satellites=n_sat, spiculated=spic, necrosis=nec, curve=curve, ktrans=kt, ve=ve,
                        vp=vp, rim=rim, position=(float(rng.uniform(-1, 1)), float(rng.uniform(0, 1)),
                                                  float(rng.uniform(-1, 1))))
-    return lesion, size_z
+    return lesion, size_z, kclass
 
 
-def pcr_logit(subtype: str, size_z: float, ktrans: float, curve: str, necrosis: float, rim: float,
-              age: float) -> float:
+def pcr_logit(subtype: str, size_z: float, ktrans: float, kinetic_class: str, necrosis: float, rim: float,
+              age: float, center: str) -> float:
     """Noise-free part of the pCR logit (module docstring, step 6)."""
-    return (B0 + B_SUBTYPE[subtype] - 0.6 * size_z + 0.5 * (math.log(ktrans) + 1.35) / 0.6
-            + 0.4 * (curve == "washout") - 4.0 * necrosis ** 3 - 0.5 * rim - 0.15 * (age - 48) / 10)
+    return (B0 + CENTERS[center].pcr_offset + B_SUBTYPE[subtype] - 0.6 * size_z + 0.5 * (math.log(ktrans) + 1.35) / 0.6
+            + 0.4 * (kinetic_class == "washout") - 4.0 * necrosis ** 3 - 0.5 * rim - 0.15 * (age - 48) / 10)
 
 
 def pcr_probability(logit_det: float) -> float:
@@ -222,12 +299,15 @@ def draw_case(seed: int, center: str, k: int, patient_id: str, scale: str = "sma
     clin = _draw_clinical(rng, c)
     acq = _draw_acquisition(rng, c)
     anat = _draw_anatomy(rng, clin, scale)
-    lesion, size_z = _draw_lesion(rng, clin, acq)
-    logit = pcr_logit(clin["subtype"], size_z, lesion.ktrans, lesion.curve, lesion.necrosis, lesion.rim,
-                      clin["age"])
+    lesion, size_z, kclass = _draw_lesion(rng, clin, acq)
+    logit = pcr_logit(clin["subtype"], size_z, lesion.ktrans, kclass, lesion.necrosis, lesion.rim,
+                      clin["age"], center)
     pcr = int(rng.random() < _sigmoid(logit + EPS_SD * rng.normal()))
     pcr_rep = None if rng.random() < 0.03 else pcr
-    sub_rep = None if rng.random() < 0.02 else clin["subtype"]
+    sub_rep = None if rng.random() < c.subtype_missing_p else clin["subtype"]
+    # the table's receptor fields are missing where the subtype is
+    table = {k: (clin[k] if sub_rep is not None else None) for k in ("hr", "er", "pr", "her2")}
+    table.update(nottingham_grade=clin["grade_txt"], race=clin["race"])
 
     # field of view: real matrix (full) or a cropped FOV (small), anterior edge just past the apex
     bil = acq["bilateral"]
@@ -251,7 +331,7 @@ def draw_case(seed: int, center: str, k: int, patient_id: str, scale: str = "sma
         flip_deg=acq["flip"], fat_suppressed=acq["fat_sat"], times_s=acq["times"],
         injection_s=acq["injection_s"], dose=acq["dose"], noise=acq["noise"], motion_mm=acq["motion"],
         ghost=acq["ghost"], bias=acq["bias"], gain=acq["gain"], anatomy=anat, lesion=lesion,
-        lesion_scale=LESION_SCALE[scale])
+        lesion_scale=LESION_SCALE[scale], psf_mm=acq["psf"])
     # keep the main focus inside the field of view (real scans are planned around the lesion)
     les_c, les_r = lesion_centre(spec)
     room = np.asarray(fov) / 2 - 1.3 * les_r - 3.0
@@ -260,18 +340,20 @@ def draw_case(seed: int, center: str, k: int, patient_id: str, scale: str = "sma
     spec = dataclasses.replace(spec, fov_center=centre)
     latent = dict(
         age=clin["age"], menopause=clin["menopause"], density=clin["density"], subtype=clin["subtype"],
-        size_z=round(size_z, 4), diameter_mm=round(lesion.diameter_mm, 2), curve=lesion.curve,
+        hr=clin["hr"], er=clin["er"], pr=clin["pr"], her2=clin["her2"], grade=clin["grade"],
+        size_z=round(size_z, 4), diameter_mm=round(lesion.diameter_mm, 2), kinetic_class=kclass, curve=lesion.curve,
         ktrans=round(lesion.ktrans, 4), ve=round(lesion.ve, 4), vp=round(lesion.vp, 4),
         kep=round(lesion.ktrans / lesion.ve, 4), necrosis=round(lesion.necrosis, 4),
         rim=round(lesion.rim, 4), spiculated=lesion.spiculated, n_foci=lesion.n_foci,
         n_satellites=lesion.n_satellites, bpe_ktrans=round(anat.bpe, 4),
         logit_det=round(logit, 4), p_pcr=round(pcr_probability(logit), 4), pcr=pcr,
         noise=round(acq["noise"], 4), motion_mm=round(acq["motion"], 3), ghost=round(acq["ghost"], 4),
-        dose=round(acq["dose"], 3), fat_suppressed=acq["fat_sat"], flip_deg=round(acq["flip"], 2))
+        psf_mm=round(acq["psf"], 3), injection_s=round(acq["injection_s"], 1), dose=round(acq["dose"], 3), fat_suppressed=acq["fat_sat"], flip_deg=round(acq["flip"], 2))
     clinical = dict(age=clin["age"], menopausal_status=clin["menopause_txt"],
                     breast_density=clin["density_txt"])
     return PhantomCase(spec=spec, clinical=clinical, subtype_reported=sub_rep, pcr_reported=pcr_rep,
-                       scanner=(acq["manufacturer"], acq["model"]), site=acq["site"], latent=latent)
+                       scanner=(acq["manufacturer"], acq["model"]), site=acq["site"], latent=latent,
+                       table=table)
 
 
 def draw_cases(cases: int, seed: int = 0, scale: str = "small") -> list[PhantomCase]:

@@ -70,6 +70,41 @@ def dataset_subtractions(root, ids=None):
         yield arr[1] - arr[0], mamamia.load_mask(case, aff, arr.shape[1:])
 
 
+def centers_table(root) -> str:
+    """Per-center facts of a phantom dataset folder, from its JSON records and latents: first
+    post-contrast time, field strength and manufacturer shares, record missingness, pCR rate
+    and the median quality causes (noise, realised motion, ghost, point-spread)."""
+    import csv
+    import json
+
+    recs = [json.loads(p.read_text()) for p in sorted((Path(root) / "patient_info_files").glob("*.json"))]
+    with open(Path(root) / "phantom_latents.csv", newline="") as fh:
+        lat = {r["patient_id"]: r for r in csv.DictReader(fh)}
+    head = ["center", "n", "1st post s (median, range)", "3T", "GE/SIE/PHI", "meno miss", "dens rep",
+            "subtype miss", "pCR", "noise", "motion mm", "ghost", "psf mm"]
+    body = []
+    for name in CENTERS:
+        rs = [r for r in recs if r["imaging_data"]["dataset"] == name]
+        if not rs:
+            continue
+        first = np.array([r["imaging_data"]["acquisition_times"][1] for r in rs])
+        share = lambda f: np.mean([f(r) for r in rs])
+        man = "/".join(f"{share(lambda r, m=m: r['imaging_data']['scanner_manufacturer'] == m):.2f}"
+                       for m in ("GE", "SIEMENS", "Philips"))
+        pcr = [r["primary_lesion"]["pcr"] for r in rs if r["primary_lesion"]["pcr"] is not None]
+        med = lambda k: np.median([float(lat[r["patient_id"]][k]) for r in rs])
+        body.append([name, str(len(rs)), f"{np.median(first):.0f} ({first.min()}-{first.max()})",
+                     f"{share(lambda r: r['imaging_data']['field_strength'] == 3.0):.2f}", man,
+                     f"{share(lambda r: r['clinical_data']['menopausal_status'] is None):.2f}",
+                     f"{share(lambda r: r['clinical_data']['breast_density'] is not None):.2f}",
+                     f"{share(lambda r: r['primary_lesion']['tumor_subtype'] is None):.2f}",
+                     f"{np.mean(pcr):.2f}" if pcr else "-", f"{med('noise'):.3f}", f"{med('motion_max_mm'):.2f}",
+                     f"{med('ghost'):.4f}", f"{med('psf_mm'):.2f}"])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
 def save_preview(out_dir, seed: int = 0, scale: str = "small", cases: int = 40) -> Path:
     """PNG with one case per center: pre-contrast, first post-contrast, subtraction and mask
     overlay through the tumour centre, and the mean curves of tumour, parenchyma and blood

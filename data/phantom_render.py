@@ -52,6 +52,11 @@ def _bias_field(rng, shape, strength: float) -> np.ndarray:
     return np.exp(log).astype(np.float32)
 
 
+def _psf_voxels(spec: CaseSpec, axis: int) -> float:
+    """Gaussian point-spread sigma in voxels along an in-plane axis (half a voxel by default)."""
+    return 0.5 if spec.psf_mm is None else float(spec.psf_mm) / float(spec.spacing[axis])
+
+
 def render_case(spec: CaseSpec) -> Rendered:
     """Render all phases of one case (see the module docstring for the model)."""
     rng = np.random.default_rng(np.random.SeedSequence(list(spec.render_seed)))
@@ -120,6 +125,8 @@ def render_case(spec: CaseSpec) -> Rendered:
         step = 1.0 if p == 0 else 0.6
         offsets[p] = (prev[0] + rng.normal(0, step * spec.motion_mm, 3),
                       prev[1] + rng.normal(0, step * 0.25 * spec.motion_mm, 3))
+    # realised motion: largest translation of a phase relative to phase 1 (the cause of the score)
+    stats["motion_max_mm"] = round(max([float(np.linalg.norm(o[0])) for o in offsets.values()]), 4)
     for p, s in enumerate(clean):
         if p != 1 and spec.motion_mm > 0:
             shift, angles = offsets[p]
@@ -130,7 +137,7 @@ def render_case(spec: CaseSpec) -> Rendered:
             mm = aff_inv @ np.linalg.inv(move) @ aff
             s = ndimage.affine_transform(s, mm[:3, :3], offset=mm[:3, 3], order=1, mode="nearest")
         for ax in (0, 1):                    # in-plane point-spread (slice axis is 2 in both views)
-            s = ndimage.gaussian_filter1d(s, 0.5, axis=ax)
+            s = ndimage.gaussian_filter1d(s, _psf_voxels(spec, ax), axis=ax)
         g = np.roll(s, n_pe // 2, axis=pe)
         g *= np.float32(spec.ghost)
         if heart_mask.any():

@@ -84,6 +84,7 @@ class CaseSpec:
     anatomy: Anatomy
     lesion: Lesion
     lesion_scale: float          # rendered lesion size / drawn size (small datasets shrink)
+    psf_mm: float | None = None  # in-plane point-spread sigma (mm); None: half a voxel
 
 
 DIRECTIONS = {

@@ -3,9 +3,11 @@
 The folder follows the real layout (MAMA-MIA, Garrucho et al., Scientific Data 2025):
 ``images/<ID>/<id>_000k.nii.gz`` (upper-case folder, lower-case files, int16, a stray ``.tsv``
 beside them), ``segmentations/expert/<id>.nii.gz`` (uint8 {0,1} on the ``_0001`` grid),
-``patient_info_files/<id>.json`` and ``train_test_splits.csv``; the generator adds
-``phantom_latents.csv`` and ``phantom_manifest.json`` (generator version, cases, seed, scale: what
-decides whether a cached dataset is reused).
+``patient_info_files/<id>.json``, ``train_test_splits.csv`` and ``clinical_and_imaging_info.xlsx``
+(sheet ``dataset_info``: a header row, then one row per patient, columns :data:`TABLE_COLUMNS`,
+missing values as empty cells; receptor status and Nottingham grade are only in this table, as in
+the real download); the generator adds ``phantom_latents.csv`` and ``phantom_manifest.json``
+(generator version, cases, seed, scale: what decides whether a cached dataset is reused).
 """
 from __future__ import annotations
 
@@ -22,14 +24,21 @@ from data.phantom_centers import CENTERS
 from data.phantom_render import Rendered, render_case
 
 
-PHANTOM_VERSION = 1     # bump when generated data change: a cached dataset of another version is regenerated
+PHANTOM_VERSION = 2     # bump when generated data change: a cached dataset of another version is regenerated
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 MANIFEST = "phantom_manifest.json"
 LATENTS_CSV = "phantom_latents.csv"
 STAT_KEYS = ("rendered_diameter_mm", "tumour_ml", "necrotic_fraction", "tumour_voxels", "capped",
-             "heart_voxels")
+             "heart_voxels", "motion_max_mm")
+CLINICAL_XLSX = "clinical_and_imaging_info.xlsx"
+TABLE_SHEET = "dataset_info"
+# the real table's column names (the ones this phantom fills), then extra acquisition columns
+TABLE_COLUMNS = ("patient_id", "dataset", "site", "age", "menopause", "race", "breast_density", "hr", "er",
+                 "pr", "her2", "tumor_subtype", "nottingham_grade", "pcr", "bilateral_mri", "field_strength",
+                 "manufacturer", "scanner_model", "echo_time", "repetition_time", "acquisition_times",
+                 "num_phases", "pixel_spacing", "slice_thickness", "view", "fat_suppressed", "flip_angle")
 
 
 def case_record(pc: PhantomCase, rendered: Rendered) -> dict:
@@ -76,6 +85,41 @@ def write_case(root: Path, pc: PhantomCase) -> dict:
     row = {"patient_id": pid, "center": pc.spec.center}
     row.update({k: v for k, v in record["phantom_latent"].items() if k != "clean_curves"})
     return row
+
+
+def table_row(pc: PhantomCase) -> dict:
+    """One row of the clinical table (:data:`TABLE_COLUMNS`; None = empty cell), from the drawn
+    case alone: the same values as its JSON record, plus the table-only fields."""
+    s, t = pc.spec, pc.table
+    return dict(
+        patient_id=s.patient_id, dataset=s.center, site=pc.site, age=pc.clinical["age"],
+        menopause=pc.clinical["menopausal_status"], race=t["race"], breast_density=pc.clinical["breast_density"],
+        hr=t["hr"], er=t["er"], pr=t["pr"], her2=t["her2"], tumor_subtype=pc.subtype_reported,
+        nottingham_grade=t["nottingham_grade"], pcr=pc.pcr_reported, bilateral_mri=int(s.bilateral),
+        field_strength=s.field_strength, manufacturer=pc.scanner[0], scanner_model=pc.scanner[1],
+        echo_time=s.te_ms, repetition_time=s.tr_ms,
+        acquisition_times="[" + ", ".join(str(int(x)) for x in s.times_s) + "]", num_phases=len(s.times_s),
+        pixel_spacing=float(s.spacing[0]), slice_thickness=float(s.spacing[2]), view=s.view,
+        fat_suppressed=int(s.fat_suppressed), flip_angle=round(s.flip_deg, 1))
+
+
+def write_clinical_table(root: Path, pcs: list[PhantomCase]) -> Path:
+    """``root/clinical_and_imaging_info.xlsx``: sheet ``dataset_info``, header row, one row per
+    case in patient-id order (openpyxl; written atomically)."""
+    import io as _io
+
+    from openpyxl import Workbook
+
+    wb = Workbook()
+    ws = wb.active
+    ws.title = TABLE_SHEET
+    ws.append(list(TABLE_COLUMNS))
+    for pc in sorted(pcs, key=lambda p: p.spec.patient_id):
+        row = table_row(pc)
+        ws.append([row[k] for k in TABLE_COLUMNS])
+    buf = _io.BytesIO()
+    wb.save(buf)
+    return io.atomic_write_bytes(Path(root) / CLINICAL_XLSX, buf.getvalue())
 
 
 def make_splits(pcs: list[PhantomCase], seed: int) -> tuple[list[str], list[str]]:

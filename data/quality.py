@@ -415,6 +415,9 @@ def main(argv=None) -> int:
                     "plots (quality_<score>.png) and the score cache (quality_cache/) go next to it")
     ap.add_argument("--workers", type=int, default=1, help="processes (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--validate", action="store_true", help="phantom datasets only: also print the "
+                    "Spearman rank correlation of each score with the cause the phantom added "
+                    "(data.quality_validate)")
     args = ap.parse_args(argv)
     from data import mamamia, plots
     if args.data is None:
@@ -425,6 +428,13 @@ def main(argv=None) -> int:
     cases = mamamia.load_dataset(root)
     if not cases:
         raise SystemExit(f"{root}: no cases found")
+    latents = None
+    if args.validate:
+        from data import quality_validate
+        try:
+            latents = quality_validate.read_latents(root)
+        except FileNotFoundError as exc:
+            raise SystemExit(str(exc)) from exc
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -435,6 +445,10 @@ def main(argv=None) -> int:
                                    title=f"{s} by center")
     print(summary(rows))
     print(f"{len(rows)} cases in {time.perf_counter() - t0:.1f} s -> {out}")
+    if latents is not None:
+        print("\nSpearman rank correlation of each score with its known cause (sign-adjusted; "
+              "within = median over centers):")
+        print(quality_validate.format_table(quality_validate.validate(rows, latents)))
     return 0
 
 

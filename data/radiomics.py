@@ -36,8 +36,10 @@ Per case (arrays ``(C, X, Y, Z)`` of all DCE phases on the ``_0001`` grid, mask 
       et al., Radiology 1999. NaN when K < 3.
     - ``curve_type`` [1, 2, 3]: the same rule on the mean curve (persistent, plateau, washout).
 
-A mask with fewer than two voxels, or one pyradiomics rejects (e.g. a one-voxel-thick line),
-gives a row of NaN with ``valid`` = 0 and a ``note``; it never raises. The pCR model imputes such
+A mask with fewer than two voxels, one pyradiomics rejects (e.g. a one-voxel-thick line), or
+one above a plausible tumour volume (:data:`MAX_TUMOUR_ML`, :data:`MAX_MASK_FRACTION`: a failed
+segmentation, never sent to pyradiomics) gives a row of NaN with ``valid`` = 0 and a ``note``;
+it never raises. The pCR model imputes such
 rows (:mod:`core.pcr`).
 
 :func:`extract_features` runs over cases in processes with a progress bar and keeps a CSV
@@ -68,6 +70,15 @@ META_COLUMNS = ("patient_id", "mask_source", "mask_sha1", "config", "n_voxels", 
 KINETIC_NAMES = ("pe_early", "pe_peak", "ser", "washin_slope", "washout_slope", "time_to_peak",
                  "washout_fraction", "persistent_fraction", "curve_type", "times_known")
 PRE, POST = 0, 1  # phase numbers: pre-contrast and first post-contrast (the annotated phase)
+# Plausible tumour volume. A mask above either bound is taken as a segmentation failure (a
+# near-whole-volume prediction): flagged, its features left NaN (imputed by the pCR model), and
+# pyradiomics is never run on it (texture features on millions of voxels took minutes per case).
+# 500 ml is a sphere of 98 mm diameter, about twice the 50 mm longest diameter beyond which a
+# breast tumour is T3 (AJCC Cancer Staging Manual, 8th ed., 2017), i.e. eight times its volume;
+# 25 % of the image is a generous share for one tumour even in a tightly cropped field of view
+# (a MAMA-MIA DUKE volume is ~30 litres, the small phantom's ~1.7 litres).
+MAX_TUMOUR_ML = 500.0
+MAX_MASK_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -242,17 +253,22 @@ def _case_row(task) -> dict:
     if not row["mask_sha1"]:
         row["note"] = "no mask file"
         return {**row, **feats}
-    image, spacing, affine = mamamia.load_image(case)
     vol = io.load_nifti(mask_path, dtype=np.float32)
-    if not io.same_grid(vol.affine, vol.shape, affine, image.shape[1:]):
-        raise io.ImageError(f"{mask_path}: mask grid {vol.shape} differs from the image grid "
-                            f"{image.shape[1:]} of {case.patient_id}")
     mask = (vol.array > 0.5).astype(np.uint8)
     n = int(mask.sum())
     row["n_voxels"] = n
     if n < 2:
         row["note"] = "empty mask" if n == 0 else "one-voxel mask"
         return {**row, **feats}
+    implausible = implausible_volume(n, io.spacing_from_affine(vol.affine), mask.size)
+    if implausible:
+        row["note"] = implausible
+        log.warning("%s: %s (%s); features left missing", case.patient_id, implausible, mask_path)
+        return {**row, **feats}
+    image, spacing, affine = mamamia.load_image(case)
+    if not io.same_grid(vol.affine, vol.shape, affine, image.shape[1:]):
+        raise io.ImageError(f"{mask_path}: mask grid {vol.shape} differs from the image grid "
+                            f"{image.shape[1:]} of {case.patient_id}")
     try:
         got = case_features(image, mask, spacing, case.acquisition.acquisition_times, cfg, case.phase_numbers)
     except ValueError as exc:  # pyradiomics rejects degenerate masks (e.g. a 1-voxel-thin line)
@@ -262,6 +278,17 @@ def _case_row(task) -> dict:
     feats.update(got)
     row["valid"] = 1
     return {**row, **feats}
+
+
+def implausible_volume(n_voxels: int, spacing, n_total: int, max_ml: float = MAX_TUMOUR_ML,
+                       max_fraction: float = MAX_MASK_FRACTION) -> str:
+    """A note when a mask of ``n_voxels`` (voxel ``spacing`` in mm, ``n_total`` image voxels) is
+    above the plausible tumour volume (:data:`MAX_TUMOUR_ML`, :data:`MAX_MASK_FRACTION`), else ''."""
+    ml = n_voxels * float(np.prod(spacing)) / 1000.0
+    if ml > max_ml or n_voxels > max_fraction * n_total:
+        return (f"implausible tumour volume: {ml:.0f} ml, {n_voxels / n_total:.0%} of the image "
+                f"(bounds {max_ml:g} ml, {max_fraction:.0%})")
+    return ""
 
 
 def _sha1(path) -> str:
@@ -353,7 +380,8 @@ def _map(fn, items, workers, progress):
 def clinical_record(case) -> dict:
     """The clinical inputs of the pCR model for one ``mamamia.Case`` (None where unknown)."""
     c = case.clinical
-    return {"age": c.age, "menopause": c.menopause, "subtype": c.subtype, "density": c.density}
+    return {"age": c.age, "menopause": c.menopause, "subtype": c.subtype, "density": c.density,
+            "hr": c.hr, "her2": c.her2, "er": c.er, "pr": c.pr, "grade": c.grade}
 
 
 def predicted_masks(cases, folder: str | os.PathLike) -> dict:

@@ -20,6 +20,12 @@ class Clinical:
     density: str | None = None          # a | b | c | d, known for some DUKE cases only
     pcr: int | None = None              # 1 = pathological complete response
     subtype: str | None = None
+    # receptor status and grade: 1 = positive; from the dataset's clinical table (data/clinical_table.py)
+    hr: int | None = None
+    er: int | None = None
+    pr: int | None = None
+    her2: int | None = None
+    grade: float | None = None          # Nottingham grade 1-3
 
 
 @dataclass(frozen=True)

@@ -38,17 +38,28 @@ def load_pcr_model(path: Path):
     return model
 
 
-def predict_pcr(cases, out: Path, model_path: Path, progress: bool = True, echo=print) -> list[dict]:
-    """Predict pCR for ``cases`` from the masks in ``out/pred_segmentations``; writes
-    ``out/predictions.csv``. Features are cached in ``out/pcr_features.csv``. A case whose
-    predicted mask is missing or empty still gets a prediction, from imputed image features (and
-    its clinical data when the model uses them); such cases are listed."""
+def predict_pcr(cases, out: Path, model_path: Path, progress: bool = True, echo=print,
+                masks_dir: Path | None = None) -> list[dict]:
+    """Predict pCR for ``cases`` from the masks in ``masks_dir`` (default ``out``; the masks are
+    ``<dir>/pred_segmentations/<ID>.nii.gz`` or ``<dir>/<ID>.nii.gz``); writes
+    ``out/predictions.csv``. Features are cached in ``out/pcr_features.csv``. A case whose mask
+    is missing, empty or of implausible volume still gets a prediction, from imputed image
+    features (and its clinical data when the model uses them); such cases are listed. No mask
+    for any case is a UserError."""
     from data import io, radiomics
 
     model = load_pcr_model(model_path)
     out = Path(out)
     rcfg = radiomics.RadiomicsConfig.from_dict(model.settings["radiomics"])
-    masks = radiomics.predicted_masks(cases, out)
+    src = Path(masks_dir) if masks_dir is not None else out
+    try:
+        masks = radiomics.predicted_masks(cases, src)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    if not masks:
+        raise UserError(f"{src}: no mask named after any of the {len(cases)} case(s) "
+                        f"(expected <ID>.nii.gz, e.g. {cases[0].patient_id}.nii.gz)")
+    out.mkdir(parents=True, exist_ok=True)
     table = radiomics.extract_features(cases, masks, "predicted", rcfg, cache=out / "pcr_features.csv",
                                        workers=min(2, os.cpu_count() or 1), progress=progress)
     records = [radiomics.clinical_record(c) for c in cases]

@@ -42,13 +42,69 @@ class PCRRequest:
     runs_dir: str | None = None
     cache_dir: str | None = None
     workers: int = 2
+    split: str = "train"               # train (the test split stays unseen) | all
+    phantom_cases: int = 40            # without data: the cached phantom of this many cases ...
+    phantom_seed: int = 0              # ... drawn with this seed
+    # the feature pipeline (core.pcr.PipelineConfig); seed B: features="post", n_select=40
+    features: str = "all"
+    corr_threshold: float = 0.9
+    n_select: int | None = None        # None: up to 40, one per rows_per_feature training rows
+    selector: str = "ridge"
+    model: str = "snn"                 # the deployed classifier: snn | lr | rf
 
 
-def latest_predictions() -> Path:
+MODELS = {"snn": "snn", "lr": "logreg", "rf": "rf"}   # --model -> classifier name in reports
+
+
+def pipeline_config(req: PCRRequest):
+    """The feature pipeline's settings from the request; UserError naming the flag when invalid."""
+    from core import pcr
+    if req.model not in MODELS:
+        raise UserError(f"--model {req.model!r}: choose from {sorted(MODELS)}")
+    if req.split not in ("train", "all"):
+        raise UserError(f"--split {req.split!r}: expected train or all")
+    if req.n_select is not None and req.n_select < 1:
+        raise UserError(f"--n-select {req.n_select}: must be >= 1")
+    if req.features not in pcr.FEATURE_SETS:
+        raise UserError(f"--features {req.features!r}: choose from {list(pcr.FEATURE_SETS)}")
+    if req.selector not in pcr.SELECTORS:
+        raise UserError(f"--selector {req.selector!r}: choose from {sorted(pcr.SELECTORS)}")
+    if not 0 < req.corr_threshold <= 1:
+        raise UserError(f"--corr-threshold {req.corr_threshold}: must lie in (0, 1]")
+    return pcr.PipelineConfig(seed=req.seed, features=req.features, corr_threshold=req.corr_threshold,
+                              n_select=req.n_select if req.n_select is not None else 40,
+                              row_cap=req.n_select is None, selector=req.selector)
+
+
+def describe(cfg, req: PCRRequest) -> str:
+    """One line with the pipeline's settings, as train.py prints them."""
+    count = (f"{cfg.n_select} features (--n-select)" if not cfg.row_cap else
+             f"up to {cfg.n_select} features, at most one per {cfg.rows_per_feature:g} training rows")
+    return (f"pCR pipeline: --features {cfg.features}, --corr-threshold {cfg.corr_threshold:g}, {count}, "
+            f"--selector {cfg.selector}, --model {req.model}, clinical inputs {'on' if req.clinical else 'off'}, "
+            f"{req.masks} masks")
+
+
+PREDICT_TRAIN = ("predict them first, e.g. python infer.py --ensemble --data {root} --split train --output {out} "
+                 "(or pass --pred DIR, a folder holding them)")
+
+
+def latest_predictions(root) -> Path:
     found = sorted(predictions_root().glob("*/pred_segmentations"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise UserError("--masks predicted: no predictions/*/pred_segmentations found; pass --pred DIR")
+        raise UserError("--masks predicted needs predicted masks of the training cases and none were found under "
+                        f"{predictions_root()}: " + PREDICT_TRAIN.format(root=root, out="predictions/train"))
     return found[-1].parent
+
+
+def check_predicted(cases, masks: dict, pred: Path, root) -> None:
+    """One-line UserError when predicted masks of labelled training cases are missing."""
+    missing = [c.patient_id for c in cases if c.clinical.pcr is not None and c.patient_id not in masks]
+    if missing:
+        n = sum(c.clinical.pcr is not None for c in cases)
+        raise UserError(f"--masks predicted: {pred} has no predicted mask for {len(missing)} of the {n} labelled "
+                        f"training case(s) (e.g. {', '.join(missing[:3])}); "
+                        + PREDICT_TRAIN.format(root=root, out=pred))
 
 
 def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
@@ -61,19 +117,30 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
 
     if req.masks not in ("expert", "predicted"):
         raise UserError(f"--masks {req.masks!r}: expected expert or predicted")
+    pcfg = pipeline_config(req)
+    echo(describe(pcfg, req))
     folds = parse_folds(req.fold or "all")
     t0 = time.time()
-    root = dataset_root(req.data)
+    if req.data and (req.phantom_cases, req.phantom_seed) != (40, 0):
+        raise UserError("--phantom-cases/--phantom-seed choose a phantom dataset: leave out --data")
+    if req.phantom_cases < 10:
+        raise UserError(f"--phantom-cases {req.phantom_cases}: must be >= 10")
+    root = dataset_root(req.data, req.phantom_cases, req.phantom_seed)
     name = req.run or ("pcr" + ("_clinical" if req.clinical else "") + ("_predicted" if req.masks == "predicted" else ""))
     run = RunDir.named(name, req.runs_dir)
     cases = mamamia.load_dataset(root)
     has_split = any(c.split for c in cases)
-    cases = mamamia.select(cases, centers=mamamia.parse_list(req.centers), split="train" if has_split else None)
+    cases = mamamia.select(cases, centers=mamamia.parse_list(req.centers),
+                           split="train" if has_split and req.split == "train" else None)
     if req.masks == "expert":
         masks = {c.patient_id: c.mask_path for c in cases if c.mask_path is not None}
     else:
-        pred = Path(req.pred) if req.pred else latest_predictions()
-        masks = radiomics.predicted_masks(cases, pred)
+        pred = Path(req.pred) if req.pred else latest_predictions(root)
+        try:
+            masks = radiomics.predicted_masks(cases, pred)
+        except FileNotFoundError as exc:
+            raise UserError(f"--masks predicted: {exc}; " + PREDICT_TRAIN.format(root=root, out=pred)) from None
+        check_predicted(cases, masks, pred, root)
         echo(f"predicted masks from {pred}: {len(masks)} of {len(cases)} training case(s)")
     used = [c for c in cases if c.patient_id in masks and c.clinical.pcr is not None]
     y = np.array([int(c.clinical.pcr) for c in used], int)
@@ -94,8 +161,8 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
     if not table.valid.all():
         bad = {i: n for i, n, v in zip(table.ids, table.notes, table.valid) if not v}
         echo(f"{len(bad)} case(s) without usable mask features (imputed): {bad}")
-    records = [radiomics.clinical_record(c) for c in used] if req.clinical else None
-    pcfg = pcr.PipelineConfig(seed=req.seed)
+    all_records = [radiomics.clinical_record(c) for c in used]
+    records = all_records if req.clinical else None
     snn_params = SNNClassifier().get_params()
     classifiers = {"snn": lambda s: SNNClassifier(**{**snn_params, "seed": s}), **pcr.BASELINES}
     t_fit = time.time()
@@ -106,7 +173,9 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
 
     cv = pcr.cross_validate(table.values, y, table.names, fold_of, folds, classifiers, pcfg, records,
                             ids=table.ids, on_fold=fold_done)
-    metrics = {k: pcr.evaluate(cv.oof[k], y, fold_of, folds, shift=cv.shift) for k in classifiers}
+    metrics = {k: pcr.evaluate(cv.oof[k], y, fold_of, folds, shift=cv.shift, seed=req.seed) for k in classifiers}
+    validated = np.isin(fold_of, list(folds))
+    rule = pcr.rule_metrics([r for r, v in zip(all_records, validated) if v], y[validated], seed=req.seed)
 
     oracle = None
     latents = root / "phantom_latents.csv"
@@ -116,18 +185,21 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
         if all(i in p_true for i in table.ids):
             oracle = pcr.oracle([p_true[i] for i in table.ids], y, fold_of, folds)
 
-    snn = metrics["snn"]
-    model = pcr.PCRModel(feature_names=table.names, folds=cv.models, classifier="snn",
-                         temperature=snn["temperature"], threshold=snn["threshold"], clinical=req.clinical,
-                         settings={"radiomics": rcfg.to_dict(), "masks": req.masks})
+    deployed = MODELS[req.model]
+    dep = metrics[deployed]
+    model = pcr.PCRModel(feature_names=table.names, folds=cv.models, classifier=deployed,
+                         temperature=dep["temperature"], threshold=dep["threshold"], clinical=req.clinical,
+                         settings={"radiomics": rcfg.to_dict(), "masks": req.masks, "pipeline": pcfg.to_dict()},
+                         calibration=pcr.CalibrationMap.from_dict(dep["calibration"]))
     config = {"data": str(root), "centers": req.centers, "masks": req.masks, "clinical": req.clinical,
+              "split": req.split, "model": req.model,
               "folds": list(folds), "seed": req.seed, "pipeline": pcfg.to_dict(),
               "snn": {k: list(v) if isinstance(v, tuple) else v for k, v in snn_params.items() if k != "seed"},
               "radiomics": rcfg.to_dict()}
     run.path.mkdir(parents=True, exist_ok=True)
     save_pcr_model(run.pcr_model_path, model, config)
     report = {"config": config, "cases": len(used), "positives": int(y.sum()), "metrics": metrics,
-              "oracle": oracle, "seconds": round(time.time() - t0, 1),
+              "rule": rule, "oracle": oracle, "deployed": deployed, "seconds": round(time.time() - t0, 1),
               "features": {"extracted": len(table.names),
                            "per_fold": {str(m.fold): m.pipeline.state() for m in cv.models}}}
     dio.atomic_write_text(run.report_path, json.dumps(report, indent=1))
@@ -143,21 +215,37 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
     return report
 
 
-def format_report(report: dict) -> str:
-    """The cross-validated table ``train.py --task pcr`` prints.
+def _ci(m, key="ba_ci") -> str:
+    lo, hi = m.get(key, (float("nan"), float("nan")))
+    return f"[{lo:+.2f}, {hi:+.2f}]" if key == "ece_delta_ci" else f"[{lo:.2f}, {hi:.2f}]"
 
-    BA: cross-fitted threshold; BA@0.5: the classifier's own decision; ECE of its own
-    probabilities, then after prior correction and temperature (cross-fitted)."""
+
+def format_report(report: dict) -> str:
+    """The cross-validated table ``train.py --task pcr`` prints: every model and reference with
+    balanced accuracy and AUC (bootstrap 95 % intervals over patients), ECE of the classifier's
+    own probabilities (raw), after the prior correction (before) and after the calibration map
+    chosen by inner cross-validation (after, cross-fitted), with the bootstrap interval of the
+    paired difference after - before (ECE is biased upward in resamples, so intervals of ECE
+    itself sit above the point estimate; the difference is what calibration is judged by);
+    * marks the deployed model."""
     folds, n = report["config"]["folds"], report["cases"]
-    lines = [f"\n{'model':8s} {'BA':>6s} {'BA@0.5':>7s} {'AUC':>6s} {'ECE':>6s} {'ECE(cal)':>8s} {'T':>6s}"
+    lines = [f"\n{'model':8s} {'BA':>6s} {'95% CI':>13s} {'AUC':>6s} {'95% CI':>13s}  {'ECE raw':>7s} "
+             f"{'before':>6s} {'after':>6s} {'change 95% CI':>15s}  calibration"
              f"   (cross-validated, {len(folds)} fold(s), {n} cases)"]
     for k, m in report["metrics"].items():
-        lines.append(f"{k:8s} {m['balanced_accuracy']:6.3f} {m['balanced_accuracy_at_0.5']:7.3f} {m['auc']:6.3f} "
-                     f"{m['ece_before']:6.3f} {m['ece_after']:8.3f} {m['temperature']:6.2f}")
+        mark = "*" if k == report.get("deployed") else " "
+        lines.append(f"{k + mark:8s} {m['balanced_accuracy']:6.3f} {_ci(m):>13s} {m['auc']:6.3f} "
+                     f"{_ci(m, 'auc_ci'):>13s}  {m['ece_raw']:7.3f} {m['ece_before']:6.3f} {m['ece_after']:6.3f} "
+                     f"{_ci(m, 'ece_delta_ci'):>15s}  {m['calibration']['kind']}")
+    rule = report.get("rule")
+    if rule is not None:
+        lines.append(f"{'rule':8s} {rule['balanced_accuracy']:6.3f} {_ci(rule):>13s} {'':6s} {'':13s}  "
+                     f"HR- or HER2+ => pCR (decided for {rule['coverage']:.0%} of the cases)")
     oracle = report.get("oracle")
     if oracle is not None:
-        lines.append(f"{'oracle':8s} {oracle['balanced_accuracy']:6.3f} {'':7s} {oracle['auc']:6.3f}   "
-                     f"(expected BA {oracle['expected_balanced_accuracy']:.3f})")
+        lines.append(f"{'oracle':8s} {oracle['balanced_accuracy']:6.3f} {_ci(oracle):>13s} {oracle['auc']:6.3f} "
+                     f"{_ci(oracle, 'auc_ci'):>13s}  generator's p_pcr (expected BA "
+                     f"{oracle['expected_balanced_accuracy']:.3f})")
     if len(folds) < N_FOLDS:
         lines.append(f"note: {len(folds)} fold(s) trained; --fold all gives the full cross-validation")
     lines.append(f"pCR model -> {report['run']} ({report['seconds']:.0f} s)")

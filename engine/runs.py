@@ -52,9 +52,10 @@ def cache_root(dataset: Path, kind: str = "preprocessed", override: str | os.Pat
     return base / kind / f"{Path(dataset).name}-{tag}"
 
 
-def dataset_root(path: str | os.PathLike | None) -> Path:
-    """The given dataset folder (which must exist), or the built-in phantom dataset
-    (generated once, see ``data.phantom.default_dataset``)."""
+def dataset_root(path: str | os.PathLike | None, phantom_cases: int = 40, phantom_seed: int = 0) -> Path:
+    """The given dataset folder (which must exist), or the built-in phantom dataset of
+    ``phantom_cases`` small cases drawn with ``phantom_seed`` (generated once and cached, see
+    ``data.phantom.default_dataset``)."""
     if path:
         root = Path(path)
         if not root.is_dir():
@@ -62,7 +63,7 @@ def dataset_root(path: str | os.PathLike | None) -> Path:
         return root
     from data import phantom
     try:
-        return phantom.default_dataset()
+        return phantom.default_dataset(cases=phantom_cases, seed=phantom_seed)
     except OSError as exc:
         raise UserError(f"no --data given and the default phantom dataset is unavailable ({exc})") from exc
 

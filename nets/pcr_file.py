@@ -3,12 +3,13 @@
     save_pcr_model(run_dir / "pcr_model.pt", model, config)
     model, config = load_pcr_model(run_dir / "pcr_model.pt")
 
-Layout (format ``mamamia-pcr``, version 2; members stored uncompressed with a fixed timestamp,
+Layout (format ``mamamia-pcr``, version 3; members stored uncompressed with a fixed timestamp,
 so one model always gives the same bytes):
 
-    pcr_model.json      {"format": "mamamia-pcr", "version": 2,
+    pcr_model.json      {"format": "mamamia-pcr", "version": 3,
                          "model": <core.pcr_state.model_to_state meta: feature names, temperature,
-                                   threshold, per fold the pipeline, clinical encoder and the
+                                   threshold, calibration map, per fold the pipeline, clinical
+                                   encoder and the
                                    deployed classifier's parameters>,
                          "config": <the training config>,
                          "arrays": {name: {"dtype": "<f8" | "<f4" | "<i8", "shape": [...]}}}
@@ -39,7 +40,7 @@ from core.atomic import atomic_write
 from nets import snn
 
 FORMAT = "mamamia-pcr"
-VERSION = 2
+VERSION = 3  # 3: calibration map, clinical encoder with receptor status and grade
 MANIFEST = "pcr_model.json"
 DTYPES = ("<f8", "<f4", "<i8")
 _WRITE = {("f", 8): "<f8", ("f", 4): "<f4", ("i", 8): "<i8", ("i", 4): "<i8"}  # (kind, bytes) -> stored dtype

@@ -140,16 +140,21 @@ def test_no_leakage_validation_rows_do_not_change_the_fold_model():
 
 
 def test_clinical_encoder_missing_values():
+    """Imputation values come from the training records only; receptor status from the table,
+    else implied by the subtype (luminal = HR+/HER2-, triple negative = HR-/HER2-)."""
     enc = pcr.ClinicalEncoder().fit([
         {"age": 40, "menopause": "pre", "subtype": "luminal", "density": "a"},
-        {"age": None, "menopause": "post", "subtype": "her2", "density": None},
-        {"age": 60, "menopause": "unknown", "subtype": None, "density": "c"}])
-    assert enc.names == ["age", "age_missing", "menopause_pre", "menopause_post", "density",
-                         "density_missing", "subtype_her2", "subtype_luminal"]
+        {"age": None, "menopause": "post", "subtype": "her2", "density": None, "hr": 0, "her2": 1, "grade": 3},
+        {"age": 60, "menopause": "unknown", "subtype": None, "density": "c", "grade": 1}])
+    assert enc.names == ["age", "age_missing", "density", "density_missing", "hr", "hr_missing", "her2",
+                         "her2_missing", "grade", "grade_missing", "menopause_pre", "menopause_post",
+                         "subtype_her2", "subtype_luminal"]
+    # fills: age median(40, 60) = 50, density median(a=0, c=2) = 1, hr mean(1, 0) = 0.5,
+    # her2 mean(0, 1) = 0.5, grade median(3, 1) = 2
     out = enc.transform([{"age": float("nan"), "menopause": "post", "subtype": "triple_negative"},
-                         {"age": 45, "menopause": "pre", "subtype": "her2", "density": "b"}])
-    np.testing.assert_array_equal(out, [[50, 1, 0, 1, 1, 1, 0, 0],    # density median of a, c = 1
-                                        [45, 0, 1, 0, 1, 0, 1, 0]])
+                         {"age": 45, "menopause": "pre", "subtype": "her2", "density": "b", "her2": 1}])
+    np.testing.assert_array_equal(out, [[50, 1, 1, 1, 0, 0, 0, 0, 2, 1, 0, 1, 0, 0],
+                                        [45, 0, 1, 0, 0.5, 1, 1, 0, 2, 1, 1, 0, 1, 0]])
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -171,7 +176,8 @@ def test_evaluate_cross_fits_and_reports():
 
 
 def test_evaluate_uses_no_label_of_the_fold_it_scores():
-    """Reference: fold f is scored with a temperature and threshold fitted on the other folds."""
+    """Reference: fold f is scored with a calibration map chosen and fitted, and a threshold
+    chosen, on the other folds only."""
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 80)
     fold_of = np.arange(80) % 4
@@ -179,9 +185,9 @@ def test_evaluate_uses_no_label_of_the_fold_it_scores():
     pred = np.zeros(80, int)
     for f in range(4):
         o, h = fold_of != f, fold_of == f
-        t = pcr.fit_temperature(logits[o], y[o])
-        thr = pcr.choose_threshold(pcr.sigmoid(logits[o] / t), y[o])
-        pred[h] = pcr.sigmoid(logits[h] / t) >= thr
+        cmap, _ = pcr.choose_calibration(logits[o], y[o], fold_of[o])
+        thr = pcr.choose_threshold(cmap(logits[o]), y[o])
+        pred[h] = cmap(logits[h]) >= thr
     r = pcr.evaluate(logits, y, fold_of, range(4))
     assert r["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
 
@@ -195,15 +201,15 @@ def test_prior_correction_of_balanced_classifiers():
     z = fm.inputs(X[40:])
     np.testing.assert_allclose(fm.logits(X[40:])["lr"], fm.classifiers["lr"].decision_function(z) + fm.prior_logit)
     assert pcr.fit_fold(X, y, names, tr, {"lr": _logreg}, FAST, prior_correction=False).prior_logit == 0.0
-    # evaluate: "before" metrics use the uncorrected log-odds
+    # evaluate: "raw" metrics use the uncorrected log-odds, "before" the prior-corrected ones
     rng = np.random.default_rng(2)
     yy = (rng.random(200) < 0.3).astype(int)
     raw = rng.normal(0, 1, 200) + 1.5 * (2 * yy - 1)
     shift = np.full(200, math.log(0.3 / 0.7))
     r = pcr.evaluate(raw + shift, yy, np.arange(200) % 5, range(5), shift=shift)
-    assert r["nll_before"] == pytest.approx(pcr.nll(raw, yy))
+    assert r["nll_before"] == pytest.approx(pcr.nll(raw + shift, yy))   # prior-corrected
     assert r["balanced_accuracy_at_0.5"] == pytest.approx(balanced_accuracy_score(yy, (raw >= 0).astype(int)))
-    assert r["ece_prior"] < r["ece_before"]
+    assert r["ece_before"] < r["ece_raw"]      # prior-corrected vs the classifier's own probabilities
 
 
 def test_oracle_by_hand():
@@ -244,3 +250,44 @@ def test_config_errors():
     with pytest.raises(ValueError, match="selector"):
         pcr.PipelineConfig(selector="svm")
     assert pcr.PipelineConfig.from_dict(FAST.to_dict()) == FAST
+
+
+def test_seed_b_setting_selects_40_post_contrast_features(caplog):
+    """--features post --n-select 40: exactly 40 features, all pyradiomics of the first
+    post-contrast phase, even when other columns (kinetics, subtraction) carry the signal."""
+    rng = np.random.default_rng(5)
+    n = 120
+    y = (rng.random(n) < 0.35).astype(int)
+    names = [f"post_glcm_f{i}" for i in range(70)] + [f"sub_firstorder_f{i}" for i in range(15)] \
+        + [f"kin_k{i}" for i in range(15)]
+    X = rng.normal(size=(n, len(names)))
+    X[:, 70:] += 1.5 * y[:, None]                                   # the strong signal is not "post"
+    X[:, :5] += 0.5 * y[:, None]
+    cfg = pcr.PipelineConfig(features="post", n_select=40, row_cap=False)
+    with caplog.at_level("WARNING", logger="core.pcr"):
+        p = pcr.FeaturePipeline(cfg).fit(X, y, names)
+    assert len(p.selected_names) == 40 and all(s.startswith("post_") for s in p.selected_names)
+    assert len(p.dropped["feature_set"]) == 30
+    assert any("selecting 40 features from 120 training rows" in r.getMessage() for r in caplog.records)
+    assert p.transform(X).shape == (n, 40)
+    # the default keeps the per-row cap (120 / 20 = 6); post+sub admits the subtraction features
+    assert len(pcr.FeaturePipeline(pcr.PipelineConfig(features="post")).fit(X, y, names).selected_names) == 6
+    ps = pcr.FeaturePipeline(pcr.PipelineConfig(features="post+sub", n_select=3)).fit(X, y, names)
+    assert all(s.startswith(("post_", "sub_")) for s in ps.selected_names)
+    assert any(s.startswith("sub_") for s in ps.selected_names)
+    with pytest.raises(ValueError, match="features must be one of"):
+        pcr.PipelineConfig(features="pre")
+
+
+def test_pipeline_flags_are_checked_and_described():
+    from core.errors import UserError
+    from engine import pcr_train
+    req = pcr_train.PCRRequest(features="post", n_select=40, model="snn")
+    cfg = pcr_train.pipeline_config(req)
+    assert (cfg.features, cfg.n_select, cfg.row_cap, cfg.corr_threshold) == ("post", 40, False, 0.9)
+    assert "--features post" in pcr_train.describe(cfg, req) and "40 features (--n-select)" in pcr_train.describe(cfg, req)
+    assert pcr_train.pipeline_config(pcr_train.PCRRequest()).row_cap
+    for bad, msg in [(dict(model="xgb"), "--model"), (dict(n_select=0), "--n-select"),
+                     (dict(corr_threshold=1.5), "--corr-threshold"), (dict(selector="svm"), "--selector")]:
+        with pytest.raises(UserError, match=msg):
+            pcr_train.pipeline_config(pcr_train.PCRRequest(**bad))

@@ -139,3 +139,63 @@ def test_full_command_line_round_trip(tmp_path):
     with open(out / "predictions.csv") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["patient_id", "pcr", "score"] and len(rows) == 4
+
+
+def test_infer_masks_dir_predicts_without_segmenting(trained, tmp_path):
+    """``infer.py --pcr --masks DIR``: no segmentation run exists in this runs folder, so any
+    attempt to segment would fail; predictions.csv goes to --output, the masks stay untouched."""
+    import infer
+    base, root, runs = trained
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    cases = input_cases(str(root))
+    for c in cases:
+        shutil.copy(c.mask_path, masks / f"{c.patient_id}.nii.gz")
+    before = sorted(p.name for p in masks.iterdir())
+    out = tmp_path / "out"
+    rc = infer.main(["--data", str(root), "--runs-dir", str(runs), "--pcr", "--masks", str(masks),
+                     "--output", str(out), "-q"])
+    assert rc == 0 and sorted(p.name for p in masks.iterdir()) == before
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert [r[0] for r in rows[1:]] == [c.patient_id for c in cases]
+    # the same numbers as the library call on the same masks
+    _, ref = _predict(root, runs, tmp_path / "ref")
+    assert rows[1][2] == ref[1][2]
+    with pytest.raises(UserError, match="add --pcr"):
+        infer.run(infer.parse_args(["--masks", str(masks)]))
+    with pytest.raises(UserError, match="no mask named after any"):
+        infer.run(infer.parse_args(["--data", str(root), "--runs-dir", str(runs), "--pcr", "--masks",
+                                    str(tmp_path / "out")]))
+
+
+def test_masks_predicted_says_what_it_needs(trained, tmp_path):
+    base, root, runs = trained
+    pred = tmp_path / "pred" / "pred_segmentations"
+    pred.mkdir(parents=True)
+    shutil.copy(input_cases(str(root), split="train")[0].mask_path, pred / "DUKE_001.nii.gz")
+    args = ["--task", "pcr", "--data", str(root), "--masks", "predicted", "--pred", str(pred.parent),
+            "--runs-dir", str(tmp_path / "runs"), "-q"]
+    with pytest.raises(UserError, match=r"no predicted mask for 11 of the 12 labelled training case\(s\).*"
+                                        r"infer.py --ensemble --data .* --split train") as info:
+        train.train_pcr(train.parse_args(args))
+    assert "\n" not in str(info.value) and not (tmp_path / "runs").exists()
+
+
+def test_implausible_mask_volume_is_flagged_not_extracted(trained, tmp_path, caplog):
+    """A whole-image mask: no pyradiomics, NaN features, valid 0 and a note; the bound by hand."""
+    import nibabel as nib
+    from data import radiomics
+    base, root, _ = trained
+    case = input_cases(str(root))[0]
+    img = nib.load(str(case.mask_path))
+    whole = tmp_path / "whole.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(img.shape, np.uint8), img.affine), str(whole))
+    table = radiomics.extract_features([case], {case.patient_id: whole}, "predicted", workers=0, progress=False)
+    assert not table.valid[0] and np.isnan(table.values).all()
+    assert table.notes[0].startswith("implausible tumour volume: 8 ml, 100% of the image")   # 20*20*10 voxels of 2 mm^3
+    # by hand: 500 ml = 500,000 mm^3; 1 mm^3 voxels -> 500,000 voxels is the bound, the fraction 25 %
+    assert radiomics.implausible_volume(500_000, (1, 1, 1), 10**7) == ""
+    assert radiomics.implausible_volume(500_001, (1, 1, 1), 10**7).startswith("implausible")
+    assert radiomics.implausible_volume(26, (1, 1, 1), 100).startswith("implausible")
+    assert radiomics.implausible_volume(25, (1, 1, 1), 100) == ""

@@ -1,6 +1,7 @@
 """Tests for nets/pcr_file.py and core.pcr's plain model state: round trips give the same
 predictions, and nothing but this format (no pickle, crafted or old) is ever loaded."""
 import io
+import dataclasses
 import json
 import os
 import pickle
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.neighbors import KNeighborsClassifier
 
 from core import pcr, pcr_state
 from nets import pcr_file
@@ -50,13 +52,14 @@ def fitted():
     return X, y, names, fold_of, out
 
 
-def _model(fitted, classifier="snn", clinical=False):
+def _model(fitted, classifier="snn", clinical=False, calibrated=True):
     X, y, names, fold_of, cvs = fitted
     cv = cvs[clinical]
     r = pcr.evaluate(cv.oof[classifier], y, fold_of, range(3), shift=cv.shift)
     return pcr.PCRModel(feature_names=names, folds=cv.models, classifier=classifier,
                         temperature=r["temperature"], threshold=r["threshold"], clinical=clinical,
-                        settings={"radiomics": {"bin_width": 25.0, "classes": ["shape"]}, "masks": "expert"})
+                        settings={"radiomics": {"bin_width": 25.0, "classes": ["shape"]}, "masks": "expert"},
+                        calibration=pcr.CalibrationMap.from_dict(r["calibration"]) if calibrated else None)
 
 
 def _saved(fitted, tmp_path, classifier="snn", clinical=False):
@@ -84,7 +87,7 @@ def _rewrite(src, dst, edit=None, replace=None, drop=()):
 
 # ----------------------------------------------------------------------------- round trip
 
-@pytest.mark.parametrize("classifier", ["snn", "logreg"])
+@pytest.mark.parametrize("classifier", ["snn", "logreg", "rf"])
 @pytest.mark.parametrize("clinical", [False, True])
 def test_round_trip_predicts_the_same(fitted, tmp_path, classifier, clinical):
     X, y, names, _, _ = fitted
@@ -147,7 +150,7 @@ def test_state_holds_only_json_and_plain_arrays(fitted, tmp_path):
         assert names[0] == pcr_file.MANIFEST and all(n.startswith("arrays/") and n.endswith(".npy") for n in names[1:])
         assert not any(n.endswith(".pkl") for n in names) and len(names) == 1 + len(arrays)
         manifest = json.loads(zf.read(pcr_file.MANIFEST))
-        assert (manifest["format"], manifest["version"]) == ("mamamia-pcr", 2)
+        assert (manifest["format"], manifest["version"]) == ("mamamia-pcr", pcr_file.VERSION)
         for n in names[1:]:
             data = zf.read(n)
             assert data.startswith(b"\x93NUMPY")        # .npy, not a pickle (b"\x80...")
@@ -179,10 +182,30 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(fitted, tmp_pat
     assert path.read_bytes() == before and os.listdir(path.parent) == ["pcr_model.pt"]
 
 
+def test_forest_is_stored_as_node_arrays(fitted, tmp_path):
+    """The random forest's probabilities equal scikit-learn's to rounding; isotonic and
+    uncalibrated (temperature) models round-trip too."""
+    X, *_ = fitted
+    model = _model(fitted, "rf")
+    loaded, _ = pcr_file.load_pcr_model(pcr_file.save_pcr_model(tmp_path / "rf.pt", model, CONFIG))
+    ref, est = model.folds[1].classifiers["rf"], loaded.folds[1].classifiers["rf"]
+    z = model.folds[1].inputs(X)
+    assert isinstance(est, pcr_state.ForestClassifier)
+    np.testing.assert_allclose(est.predict_proba(z), ref.predict_proba(z), atol=1e-12)
+    for cmap in (pcr.CalibrationMap("isotonic", xs=(-1.0, 2.0), ys=(0.1, 0.7)), None):
+        m = dataclasses.replace(_model(fitted, "logreg"), calibration=cmap)
+        back, _ = pcr_file.load_pcr_model(pcr_file.save_pcr_model(tmp_path / "m.pt", m, CONFIG))
+        assert back.calibration == cmap
+        np.testing.assert_allclose(back.predict(X, fitted[2])[0], m.predict(X, fitted[2])[0], atol=1e-12)
+
+
 def test_unsupported_classifier_or_config_is_refused_at_save(fitted, tmp_path):
     path = tmp_path / "pcr_model.pt"
-    with pytest.raises(ValueError, match="'rf' .*RandomForestClassifier.* cannot be written"):
-        pcr_file.save_pcr_model(path, _model(fitted, "rf"), CONFIG)
+    m = _model(fitted, "logreg")
+    knn = dataclasses.replace(m, folds=[dataclasses.replace(f, classifiers={"logreg": KNeighborsClassifier()})
+                                        for f in m.folds])
+    with pytest.raises(ValueError, match="'logreg' .*KNeighborsClassifier.* cannot be written"):
+        pcr_file.save_pcr_model(path, knn, CONFIG)
     with pytest.raises(ValueError, match=re.escape(str(path)) + ".*JSON"):
         pcr_file.save_pcr_model(path, _model(fitted, "logreg"), {"bad": object()})
     assert list(tmp_path.iterdir()) == []
@@ -249,7 +272,14 @@ OBJECT_NPY = _npy_bytes(np.array([1, 2, 3], object), allow_pickle=True)
 BAD_FILES = {
     "wrong format key": ("format 'mamamia-seg'", dict(edit=_set(("format",), "mamamia-seg"))),
     "version 1 key": ("version 1 is not supported.*re-train", dict(edit=_set(("version",), 1))),
-    "future version": ("version 3 is not supported", dict(edit=_set(("version",), 3))),
+    "future version": ("version 4 is not supported", dict(edit=_set(("version",), 4))),
+    "bad calibration kind": ("calibration kind must be one of", dict(edit=_set(("model", "calibration"), {
+        "kind": "magic", "a": 1.0, "b": 0.0, "xs": [], "ys": []}))),
+    "isotonic knots decreasing": ("increasing knots", dict(edit=_set(("model", "calibration"), {
+        "kind": "isotonic", "a": 1.0, "b": 0.0, "xs": [1.0, 0.0], "ys": [0.2, 0.3]}))),
+    "calibration extra key": (r"unknown keys \['c'\]", dict(edit=_set(("model", "calibration"), {
+        "kind": "none", "a": 1.0, "b": 0.0, "xs": [], "ys": [], "c": 1}))),
+    "version 2 file": ("version 2 is not supported.*re-train", dict(edit=_set(("version",), 2))),
     "missing config": (r"missing keys \['config'\]", dict(edit=lambda m: m.pop("config"))),
     "unknown top key": (r"unknown keys \['extra'\]", dict(edit=_set(("extra",), 1))),
     "temperature string": ("temperature must be a finite number", dict(edit=_set(("model", "temperature"), "1.0"))),

@@ -85,6 +85,41 @@ def test_json_keys(records):
         assert rec["primary_lesion"]["pcr"] in (lat["pcr"], None)
 
 
+def test_clinical_table_round_trip(ds, records):
+    """clinical_and_imaging_info.xlsx: one row per patient, ids and values as in the JSON files,
+    receptor status consistent with the subtype, missing values as empty cells."""
+    from openpyxl import load_workbook
+    wb = load_workbook(ds / "clinical_and_imaging_info.xlsx", read_only=True)
+    assert wb.sheetnames == ["dataset_info"]
+    table = list(wb["dataset_info"].iter_rows(values_only=True))
+    wb.close()
+    assert table[0] == phantom.TABLE_COLUMNS
+    rows = {r[0]: dict(zip(table[0], r)) for r in table[1:]}
+    assert len(rows) == len(table) - 1 == N_CASES and set(rows) == set(records)
+    for pid, rec in records.items():
+        r, im, cd = rows[pid], records[pid]["imaging_data"], records[pid]["clinical_data"]
+        assert (r["dataset"], r["site"], r["manufacturer"], r["scanner_model"]) == (
+            im["dataset"], im["site"], im["scanner_manufacturer"], im["scanner_model"])
+        assert (r["age"], r["menopause"], r["breast_density"]) == (
+            cd["age"], cd["menopausal_status"], cd["breast_density"])
+        assert (r["tumor_subtype"], r["pcr"]) == (rec["primary_lesion"]["tumor_subtype"], rec["primary_lesion"]["pcr"])
+        assert r["field_strength"] == im["field_strength"] and r["echo_time"] == im["echo_time"]
+        assert r["repetition_time"] == im["repetition_time"] and r["bilateral_mri"] == int(im["bilateral"])
+        assert r["acquisition_times"] == str(im["acquisition_times"]) and r["num_phases"] == len(im["acquisition_times"])
+        img = nib.load(str(ds / "images" / pid / f"{pid.lower()}_0000.nii.gz"))
+        sp = np.linalg.norm(img.affine[:3, :3], axis=0)
+        assert r["pixel_spacing"] == pytest.approx(sp[0], abs=1e-4)
+        assert r["slice_thickness"] == pytest.approx(sp[2], abs=1e-4)
+        if r["tumor_subtype"] is None:
+            assert r["hr"] is r["her2"] is r["er"] is r["pr"] is None
+        else:
+            assert (r["hr"], r["her2"]) == phantom.RECEPTORS[r["tumor_subtype"]]
+            assert r["hr"] == max(r["er"], r["pr"])
+        lat = rec["phantom_latent"]
+        assert r["hr"] in (None, lat["hr"]) and r["her2"] in (None, lat["her2"])
+    assert "hr" not in json.dumps({k: v for k, v in records[pid].items() if k != "phantom_latent"})
+
+
 def test_split_csv_padding_and_stratification(ds):
     lines = (ds / "train_test_splits.csv").read_text().splitlines()
     assert lines[0] == "train_split,test_split"
@@ -301,7 +336,7 @@ def test_clinical_distributions():
         if meno is not None and len(meno) > 4:
             assert meno.split(" (")[0] in ("pre", "peri", "post") and meno.endswith(")")
     duke = [p_ for p_ in pcs if p_.spec.center == "DUKE"]
-    assert 0.7 < np.mean([p_.clinical["breast_density"] is not None for p_ in duke]) < 0.95
+    assert 0.1 < np.mean([p_.clinical["breast_density"] is not None for p_ in duke]) < 0.3  # about a fifth
     metas = [p_.clinical["menopausal_status"] for p_ in pcs]
     assert any(m is None for m in metas) and any(m and m.startswith("peri (") for m in metas)
     assert any(m == "pre" for m in metas) and any(m and m.startswith("pre (") for m in metas)
@@ -347,6 +382,21 @@ def test_cli_writes_dataset_and_refuses_to_clobber(tmp_path, capsys):
         phantom.generate_dataset(tmp_path / "mine", cases=1, overwrite=True, workers=1, progress=False)
     with pytest.raises(SystemExit):
         phantom.main([])
+
+
+def test_summary_of_an_existing_dataset(ds, records, capsys, tmp_path):
+    assert phantom.main(["--summary", "--data", str(ds)]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("1st post s"):].splitlines()
+    rows = {line.split()[0]: line.split() for line in table[2:] if line.split()[0] in phantom.CENTERS}
+    assert set(rows) == set(phantom.CENTERS)
+    for c, cells in rows.items():
+        firsts = [r["imaging_data"]["acquisition_times"][1] for r in records.values()
+                  if r["imaging_data"]["dataset"] == c]
+        assert int(cells[1]) == len(firsts) and cells[2] == f"{np.median(firsts):.0f}"
+    assert rows["ISPY1"][6] == "1.00" and rows["NACT"][6] == "1.00"    # menopause always missing
+    with pytest.raises(SystemExit):
+        phantom.main(["--summary", "--data", str(tmp_path)])            # not a phantom dataset
 
 
 @pytest.mark.slow

@@ -229,7 +229,8 @@ def test_clinical_record_and_predicted_masks(tmp_path):
     root = write_tiny_dataset(tmp_path / "ds", n=2)
     cases = mamamia.load_dataset(root)
     rec = R.clinical_record(cases[1])
-    assert rec == {"age": 41.0, "menopause": "pre", "subtype": None, "density": None}
+    assert rec == {"age": 41.0, "menopause": "pre", "subtype": None, "density": None, "hr": None, "her2": None,
+                   "er": None, "pr": None, "grade": None}
     pred = tmp_path / "out" / "pred_segmentations"
     pred.mkdir(parents=True)
     (pred / f"{cases[0].patient_id.lower()}.nii.gz").write_bytes(cases[0].mask_path.read_bytes())
