@@ -58,6 +58,7 @@ from data.phantom_body import thorax_surface
 from data.phantom_centers import CENTERS, Center, allocate_centers, patient_ids
 from data.phantom_kinetics import CURVE_TYPES, draw_tumour_kinetics, t10_ms
 from data.phantom_lesion import lesion_centre
+from data.phantom_look import draw_look
 from data.phantom_spec import Anatomy, CaseSpec, Lesion, world_extent_to_shape
 
 
@@ -258,6 +259,7 @@ def draw_case(seed: int, center: str, k: int, patient_id: str, scale: str = "sma
     centre = tuple(float(np.clip(x, lc - max(r, 0.0), lc + max(r, 0.0)))
                    for x, lc, r in zip(centre, les_c, room))
     spec = dataclasses.replace(spec, fov_center=centre)
+    spec = dataclasses.replace(spec, look=draw_look(spec))      # appearance: its own random stream
     latent = dict(
         age=clin["age"], menopause=clin["menopause"], density=clin["density"], subtype=clin["subtype"],
         size_z=round(size_z, 4), diameter_mm=round(lesion.diameter_mm, 2), curve=lesion.curve,
