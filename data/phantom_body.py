@@ -37,14 +37,16 @@ from data.phantom_pv import TissueMix, coverage
 from data.phantom_spec import Anatomy, CaseSpec, Look
 
 
-def _smooth_noise(rng: np.random.Generator, shape, sigma_mm: float, spacing) -> np.ndarray:
-    """Gaussian-filtered white noise with unit standard deviation (a texture field).
+def _smooth_noise(rng: np.random.Generator, shape, sigma_mm, spacing) -> np.ndarray:
+    """Gaussian-filtered white noise with unit standard deviation (a texture field); ``sigma_mm``:
+    one correlation length or one per voxel axis (anisotropic texture).
 
     The filter adds the variance of a voxel box (1/12 voxel^2 per axis), so a field sampled on
     thick slices is the average over the slice, not a point sample. Wide filters (> 3 voxels) run
     on a grid coarser by an integer factor and are interpolated back (separable linear)."""
     shape = tuple(int(n) for n in shape)
-    sig = np.array([math.sqrt((sigma_mm / s) ** 2 + 1 / 12) for s in spacing])
+    sig_mm = np.broadcast_to(np.asarray(sigma_mm, float), (3,))
+    sig = np.array([math.sqrt((sm / s) ** 2 + 1 / 12) for sm, s in zip(sig_mm, spacing)])
     k = np.maximum(np.floor(sig / 1.5), 1).astype(int)
     if np.all(k == 1):
         white = rng.standard_normal(shape, dtype=np.float32)

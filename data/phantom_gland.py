@@ -20,6 +20,9 @@ and the tissue is painted with the partial-volume coverage of ``F - threshold``
 (:func:`data.phantom_pv.coverage`), so the gland is one continuous textured structure with soft
 edges, confined behind the subcutaneous fat and in front of the chest wall.
 
+Cooper's ligaments (suspensory fibrous sheets through the fat) are painted before the gland:
+thin partial-volume lines in the fat (:func:`_paint_ligaments`).
+
 Background parenchymal enhancement (BPE): the Ktrans of parenchyma is the case's ``bpe`` scale
 times ``exp(0.5 n_5mm + 0.4 n_12mm + 0.5 e - c)``, ``e`` rising towards the gland's periphery and
 ``c`` keeping the mean at 1: patchy but continuous, stronger at the periphery of the gland where BPE
@@ -67,13 +70,32 @@ def _duct_tree(rng, spec: CaseSpec, look: Look, side: int) -> np.ndarray:
     return np.asarray(pts)
 
 
+def _paint_ligaments(an, rng, geom: dict, mix: TissueMix, sp, body: float, stretch) -> None:
+    """Cooper's ligaments: thin fibrous sheets through the breast fat, the zero level-set of a
+    smooth random field n (4 mm correlation, scaled, 3x longer antero-posteriorly so the sheets
+    run from the gland towards the skin) thickened to ~0.4 mm: distance to the sheet
+    ~ |n| / |grad n|; fibrous tissue has the relaxation of skin (dermis), at 60 % coverage."""
+    n = _smooth_noise(rng, mix.shape, 4.0 * body * stretch, sp)
+    grad = np.zeros(mix.shape, np.float32)
+    for ax, s in enumerate(sp):
+        grad += (np.gradient(n, axis=ax) / np.float32(s)) ** 2
+    phi = np.float32(0.2) - np.abs(n) / np.sqrt(np.maximum(grad, np.float32(1e-6)))
+    phi = np.maximum(phi, np.float32(-3.0))
+    inside = coverage(np.minimum(geom["dist"] - np.float32(an.skin_mm + 1.0), -geom["delta"] - np.float32(1.0)))
+    mix.paint(coverage(phi) * inside * np.float32(0.6), LABELS["skin"])
+
+
 def paint_gland(spec: CaseSpec, look: Look, rng, aff_inv, geom: dict, mix: TissueMix):
     """Paint fibroglandular tissue; returns (BPE Ktrans factor map, M0 texture map), both full
     volumes of mean ~1, used by the signal model wherever parenchyma is."""
     an, sp, shape = spec.anatomy, spec.spacing, mix.shape
     body = an.thorax_a / 160.0
-    fine = _smooth_noise(rng, shape, max(1.0 * body, 0.8), sp)
-    mid = _smooth_noise(rng, shape, 2.5 * body, sp)
+    # the finer scales are elongated 2x along the antero-posterior axis: gland strands and fat
+    # lobules run from the nipple towards the chest wall
+    ap = np.ones(3)
+    ap[int(np.argmax(np.abs(aff_inv[:3, 1])))] = 2.0
+    fine = _smooth_noise(rng, shape, max(1.0 * body, 0.8) * ap, sp)
+    mid = _smooth_noise(rng, shape, 2.5 * body * ap, sp)
     coarse = _smooth_noise(rng, shape, 6.0 * body, sp)
     ducts = np.zeros(shape, np.float32)
     for s in (1, -1):
@@ -84,6 +106,7 @@ def paint_gland(spec: CaseSpec, look: Look, rng, aff_inv, geom: dict, mix: Tissu
     if ducts.any():
         ducts = ndimage.gaussian_filter(ducts, [2.5 * body / s for s in sp])
         ducts /= max(float(ducts.max()), 1e-6)
+    _paint_ligaments(an, rng, geom, mix, sp, body, np.where(ap > 1, 3.0, 1.0))
     frac = DENSITY_FRACTION[an.density] * float(rng.uniform(0.85, 1.15))
     # the gland space: behind the skin and subcutaneous fat, 2 mm in front of the chest wall; the
     # field outside it is the (negative) distance to it / 1.5 mm, so the gland fades out smoothly

@@ -66,7 +66,7 @@ def render_case(spec: CaseSpec) -> Rendered:
     inner = coverage(np.minimum(geom["dist"] - np.float32(an.skin_mm + 0.5), -geom["delta"] - np.float32(1.0)))
     segs = [seg for s in (1, -1) for seg in vessel_segments(r_vessel, spec, look, s)]
     mix.paint(vessel_coverage(segs, aff, shape, sp, u, v, w) * inner, L["blood"])
-    mult, _, stats = paint_lesion(spec, r_lesion, u, v, w, aff_inv, inner, mix)
+    mult, _, stats = paint_lesion(spec, r_lesion, u, v, w, aff_inv, inner, mix, look)
     paint_skin(an, look, u, v, w, geom, mix)
     heart_mask = geom["heart"]
     body_mask = geom["dist"] > 0

@@ -67,6 +67,7 @@ class Look:
     chest_curve: float          # antero-posterior sag of the rib cage per mm^2 off the breast level (1/mm)
     vessel_depth: int           # branching generations of each breast vessel tree
     gland_detail: float         # weight of the finest texture scale of the gland field
+    nme: bool = False           # non-mass enhancement (clumped, segmental) instead of a mass
 
 
 @dataclass(frozen=True)

@@ -237,3 +237,21 @@ def test_mask_is_the_rendered_lesion(nact, nact_quiet):
     half = (r.lesion_weight > 0.3) & (r.lesion_weight < 0.7)
     core = ndimage.binary_erosion(m, iterations=2)
     assert sub[core].mean() > sub[half].mean()
+
+
+def test_non_mass_enhancement_is_clumped_and_masked():
+    spec = phantom.draw_case(0, "NACT", 0, "NACT_01").spec
+    spec = _quiet(dataclasses.replace(spec, look=dataclasses.replace(spec.look, nme=True)))
+    r = pa.render_case(spec)
+    m = r.mask > 0
+    assert r.stats["nme"] and np.array_equal(m, r.lesion_weight >= 0.5)
+    _, n = ndimage.label(m, np.ones((3, 3, 3), bool))
+    box = m[tuple(slice(a, b + 1) for a, b in zip(np.argwhere(m).min(0), np.argwhere(m).max(0)))]
+    assert n >= 2 and box.mean() < 0.4                      # clumps, not one solid mass
+    mass = pa.render_case(_quiet(phantom.draw_case(0, "NACT", 0, "NACT_01").spec))
+    assert not mass.stats["nme"] and ndimage.label(mass.mask)[1] <= 3
+    # drawn only for unifocal lesions without satellites or necrosis, a minority of cases
+    pcs = phantom.draw_cases(300, seed=5)
+    nme = [p for p in pcs if p.spec.look.nme]
+    assert 0 < len(nme) < 0.1 * len(pcs)
+    assert all(p.spec.lesion.necrosis == 0 and p.spec.lesion.n_foci == 1 for p in nme)
