@@ -1,10 +1,25 @@
-"""Rendering of one synthetic breast DCE-MRI case: signal per phase, then acquisition artefacts.
+"""Rendering of one synthetic breast DCE-MRI case: anatomy, signal per phase, acquisition artefacts.
+
+Anatomy: painted deepest first into a two-tissue partial-volume mixture per voxel
+(:class:`data.phantom_pv.TissueMix`): body and chest wall (:mod:`data.phantom_body`), Cooper's
+ligaments and fibroglandular tissue (:mod:`data.phantom_gland`), vessel trees
+(:mod:`data.phantom_vessels`), the lesion (:mod:`data.phantom_lesion`), the skin. Independent
+random streams (children of ``SeedSequence(render_seed)``) serve body, gland, vessels, lesion and
+acquisition, so changing one does not move the others.
 
 Signal: tissue concentrations (:func:`data.phantom_kinetics.tissue_curves`) through the SPGR
-signal equation, per label for uniform tissues and per voxel for parenchyma (background
-enhancement) and tumour. Artefacts, in acquisition order: rigid motion between phases (the
-annotated phase ``_0001`` is the reference), blur (point-spread), ghosting along the phase-encode
-axis, smooth multiplicative bias field, Rician noise, int16 storage.
+signal equation, per tissue for uniform tissues and per voxel for parenchyma (background
+enhancement, M0 texture) and tumour (heterogeneity), mixed with the voxel's partial-volume
+weights; a faint 3 % texture over all tissue; fat suppression scales fat M0 by
+``Look.fat_residual`` (and marrow by 0.3). Artefacts, in acquisition order: rigid motion between
+phases (the annotated phase ``_0001`` is the reference), in-plane blur (point-spread, Gaussian
+0.5 voxel) and slice overlap (:func:`data.phantom_mr.slice_profile`), ghosting along the
+phase-encode axis (N/2 ghost of the body, N/3 ghosts of the pulsating heart), multiplicative bias
+(receive-coil shading and a smooth polynomial, :func:`data.phantom_mr.bias_field`), Rician
+magnitude noise (:func:`data.phantom_mr.magnitude`), int16 storage.
+
+The expert mask is the set of voxels whose lesion weight is at least 1/2 (``Rendered.lesion_weight``);
+the label map is the dominant tissue of each voxel, consistent with the mask.
 """
 from __future__ import annotations
 
