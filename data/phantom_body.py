@@ -197,9 +197,11 @@ def _paint_heart(an: Anatomy, u, v, w, mix: TissueMix) -> np.ndarray:
         _, d, _ = _ellipsoid(ru, rv, dw, (0, 0, 0), radii)
         return d
 
-    lv = ellipsoid_sdf(hc, r)
-    rv_c = hc + np.array([0.35 * r[0], 0.55 * r[1], -0.05 * r[2]], np.float32)
-    rv = ellipsoid_sdf(rv_c, (0.8 * r[0], 0.6 * r[1], 0.85 * r[2]))
+    # left ventricle posterior-left, right ventricle anterior-right of the heart centre (u > 0 is
+    # the patient's right, v > 0 anterior)
+    lv = ellipsoid_sdf(hc + np.array([-0.15 * r[0], -0.12 * r[1], 0], np.float32), 0.85 * r)
+    rv_c = hc + np.array([0.4 * r[0], 0.38 * r[1], -0.05 * r[2]], np.float32)
+    rv = ellipsoid_sdf(rv_c, (0.75 * r[0], 0.62 * r[1], 0.85 * r[2]))
     whole = np.maximum(lv, rv)
     myo = np.float32(8.0 * an.heart_r[0] / 55.0)   # LV wall ~8-10 mm at full scale
     mix.paint(coverage(whole + np.float32(0.12) * r.mean()), L["fat"])
