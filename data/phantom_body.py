@@ -156,10 +156,12 @@ def paint_body(spec: CaseSpec, look: Look, rng, u, v, w, mix: TissueMix) -> dict
     mid = rib_top + 0.5 * rl
     rib = 1 - np.sqrt((phase / (0.28 * period)) ** 2 + ((delta - mid) / (0.45 * rl)) ** 2)
     mix.paint(coverage(rib * np.float32(0.3 * rl)), L["marrow"])
-    sternum = np.minimum(np.float32(0.09 * an.thorax_a) - np.abs(u),
-                         np.minimum(delta - d0 - 1.0, lung_top - delta))
+    # sternum: an oval section in the midline, from behind the retromammary fat to the lungs
+    half = np.maximum((lung_top - d0 - 1.0) / 2, np.float32(1.0))
+    ell = np.sqrt((u / np.float32(0.09 * an.thorax_a)) ** 2 + ((delta - d0 - 1.0 - half) / half) ** 2)
+    sternum = (1 - ell) * np.minimum(np.float32(0.09 * an.thorax_a), half)
     mix.paint(coverage(sternum) * (vv > -0.5 * b_t), L["marrow"])
-    del phase, mid, rib, sternum, au
+    del phase, mid, rib, sternum, au, ell, half
 
     # mediastinum and spine
     spine_v = -2 * b_t + 0.45 * b_t
