@@ -119,6 +119,11 @@ def paint_body(spec: CaseSpec, look: Look, rng, u, v, w, mix: TissueMix) -> dict
     surface), ``breasts`` {side: (index of breast voxels, normalised coords there)}, ``heart``
     (bool mask of the blood pools of heart and great vessels, the source of cardiac ghosts)."""
     an, L = spec.anatomy, LABELS
+    band = 1.5 * float(sum(spec.spacing))     # mm: the level-sets here are ~distances (|grad| <~ 1)
+
+    def _cov(phi):
+        return coverage(phi, band=band)
+
     a_t, b_t = np.float32(an.thorax_a), np.float32(an.thorax_b)
     w0 = np.float32(an.breast_w)
     sag = np.float32(look.chest_curve) * (w - w0) ** 2          # rib cage curving away superiorly/inferiorly
@@ -138,51 +143,51 @@ def paint_body(spec: CaseSpec, look: Look, rng, u, v, w, mix: TissueMix) -> dict
         dist = smooth_union(dist, d, 6.0)
         sel = np.flatnonzero(((f < 1.05) | (nip > -2)).ravel() & (delta.ravel() < 2.0))
         breasts[s] = (sel, tuple(c.ravel()[sel] for c in xyz))
-    mix.paint(coverage(dist), L["fat"])
+    mix.paint(_cov(dist), L["fat"])
 
     # chest wall: retromammary fat, pectoralis (thin medially), ribs/intercostals, lungs
     d0 = np.float32(2.5)
     au = np.abs(u) / a_t
     muscle_t = np.float32(an.pectoral_mm) * (np.float32(0.3) + np.float32(0.7) * np.clip(au / 0.35, 0, 1))
     muscle_t += np.clip((-b_t - vv) / (0.5 * b_t), 0, 1) * np.float32(0.15 * an.thorax_b)   # back muscles
-    mix.paint(coverage(delta - d0), L["muscle"])
+    mix.paint(_cov(delta - d0), L["muscle"])
     rib_top = d0 + muscle_t
     rl = np.float32(an.rib_layer_mm)
     lung_top = rib_top + rl
-    mix.paint(coverage(delta - lung_top), L["lung"])
+    mix.paint(_cov(delta - lung_top), L["lung"])
     # ribs: oval sections every ~26 mm (scaled), sloping laterally downwards
     period = np.float32(26.0 * an.thorax_a / 165.0)
     phase = np.mod(w + 0.45 * np.abs(u) - np.float32(rng.uniform(0, period)), period) - period / 2
     mid = rib_top + 0.5 * rl
     rib = 1 - np.sqrt((phase / (0.28 * period)) ** 2 + ((delta - mid) / (0.45 * rl)) ** 2)
-    mix.paint(coverage(rib * np.float32(0.3 * rl)), L["marrow"])
+    mix.paint(_cov(rib * np.float32(0.3 * rl)), L["marrow"])
     # sternum: an oval section in the midline, from behind the retromammary fat to the lungs
     half = np.maximum((lung_top - d0 - 1.0) / 2, np.float32(1.0))
     ell = np.sqrt((u / np.float32(0.09 * an.thorax_a)) ** 2 + ((delta - d0 - 1.0 - half) / half) ** 2)
     sternum = (1 - ell) * np.minimum(np.float32(0.09 * an.thorax_a), half)
-    mix.paint(coverage(sternum) * (vv > -0.5 * b_t), L["marrow"])
+    mix.paint(_cov(sternum) * (vv > -0.5 * b_t), L["marrow"])
     del phase, mid, rib, sternum, au, ell, half
 
     # mediastinum and spine
     spine_v = -2 * b_t + 0.45 * b_t
     para = np.minimum(np.float32(0.12) * a_t - np.abs(u), spine_v + 0.3 * b_t - vv)
-    mix.paint(coverage(np.minimum(para, delta - lung_top)), L["muscle"])
-    mix.paint(coverage(0.17 * b_t - np.sqrt(u ** 2 + (vv - spine_v) ** 2)), L["marrow"])
+    mix.paint(_cov(np.minimum(para, delta - lung_top)), L["muscle"])
+    mix.paint(_cov(0.17 * b_t - np.sqrt(u ** 2 + (vv - spine_v) ** 2)), L["marrow"])
     desc = 0.1 * b_t - np.sqrt((u + 0.12 * a_t) ** 2 + (vv - spine_v - 0.3 * b_t) ** 2)
-    mix.paint(coverage(desc), L["blood"])
+    mix.paint(_cov(desc), L["blood"])
     heart = desc > 0
-    heart |= _paint_heart(an, u, v, w, mix)
+    heart |= _paint_heart(an, u, v, w, mix, _cov)
     # internal mammary arteries: behind the ribs beside the sternum, running superior-inferior
     for s in (1, -1):
         iu = s * 0.13 * an.thorax_a
         ivt, _ = thorax_surface(np.float32(iu), an)
         depth = 2.5 + an.pectoral_mm * 0.5 + 0.8 * an.rib_layer_mm
         ima = np.float32(1.3) - np.sqrt((u - iu) ** 2 + (vv - np.float32(ivt - depth)) ** 2)
-        mix.paint(coverage(ima), L["blood"])
-    return dict(dist=dist, delta=delta, breasts=breasts, heart=heart)
+        mix.paint(_cov(ima), L["blood"])
+    return dict(dist=dist, delta=delta, breasts=breasts, heart=heart, band=band)
 
 
-def _paint_heart(an: Anatomy, u, v, w, mix: TissueMix) -> np.ndarray:
+def _paint_heart(an: Anatomy, u, v, w, mix: TissueMix, _cov) -> np.ndarray:
     """Pericardial fat, ventricles with myocardium and septum, ascending aorta and pulmonary trunk.
     Returns the mask of their blood pools."""
     L = LABELS
@@ -206,12 +211,12 @@ def _paint_heart(an: Anatomy, u, v, w, mix: TissueMix) -> np.ndarray:
     rv = ellipsoid_sdf(rv_c, (0.75 * r[0], 0.62 * r[1], 0.85 * r[2]))
     whole = np.maximum(lv, rv)
     myo = np.float32(8.0 * an.heart_r[0] / 55.0)   # LV wall ~8-10 mm at full scale
-    mix.paint(coverage(whole + np.float32(0.12) * r.mean()), L["fat"])
-    mix.paint(coverage(whole), L["myocardium"])
+    mix.paint(_cov(whole + np.float32(0.12) * r.mean()), L["fat"])
+    mix.paint(_cov(whole), L["myocardium"])
     lv_pool = lv - myo
     rv_pool = np.minimum(rv - 0.35 * myo, -lv - 0.6 * myo)    # septum between the two pools
-    mix.paint(coverage(lv_pool), L["blood"])
-    mix.paint(coverage(rv_pool), L["blood"])
+    mix.paint(_cov(lv_pool), L["blood"])
+    mix.paint(_cov(rv_pool), L["blood"])
     pools = (lv_pool > 0) | (rv_pool > 0)
     del lv, rv, whole
     # ascending aorta and pulmonary trunk above the heart (tubes along superior-inferior)
@@ -219,7 +224,7 @@ def _paint_heart(an: Anatomy, u, v, w, mix: TissueMix) -> np.ndarray:
     ar = np.float32(0.22 * an.heart_r[0])
     for du_, dv_, rad in ((0.3 * hu - hc[0], 0.3 * r[1], ar), (0.25 * r[0], 0.6 * r[1], 0.9 * ar)):
         tube = np.minimum(rad - np.sqrt((u - hc[0] - du_) ** 2 + (v - hc[1] - dv_) ** 2), w - top)
-        mix.paint(coverage(tube), L["blood"])
+        mix.paint(_cov(tube), L["blood"])
         pools |= tube > 0
     return pools
 
@@ -233,5 +238,6 @@ def paint_skin(an: Anatomy, look: Look, u, v, w, geom: dict, mix: TissueMix) -> 
         rho2 = (u - np.float32(nb[0])) ** 2 + (w - np.float32(nb[2])) ** 2
         t += np.float32(0.8 * an.skin_mm) * np.exp(-rho2 / np.float32((3 * look.nipple_mm) ** 2)) \
             * (v > np.float32(nb[1] - 3 * look.nipple_mm))
-    outer = coverage(dist)
-    mix.paint(np.clip(outer - coverage(dist - t), 0, 1), LABELS["skin"])
+    band = geom["band"]
+    outer = coverage(dist, band=band)
+    mix.paint(np.clip(outer - coverage(dist - t, band=band), 0, 1), LABELS["skin"])

@@ -81,7 +81,8 @@ def _paint_ligaments(an, rng, geom: dict, mix: TissueMix, sp, body: float, stret
         grad += (np.gradient(n, axis=ax) / np.float32(s)) ** 2
     phi = np.float32(0.2) - np.abs(n) / np.sqrt(np.maximum(grad, np.float32(1e-6)))
     phi = np.maximum(phi, np.float32(-3.0))
-    inside = coverage(np.minimum(geom["dist"] - np.float32(an.skin_mm + 1.0), -geom["delta"] - np.float32(1.0)))
+    inside = coverage(np.minimum(geom["dist"] - np.float32(an.skin_mm + 1.0), -geom["delta"] - np.float32(1.0)),
+                      band=geom["band"])
     mix.paint(coverage(phi) * inside * np.float32(0.6), LABELS["skin"])
 
 

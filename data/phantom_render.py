@@ -78,7 +78,8 @@ def render_case(spec: CaseSpec) -> Rendered:
     mix = TissueMix(shape, L["air"])
     geom = paint_body(spec, look, r_body, u, v, w, mix)
     bpe_map, gland_tex, fine = paint_gland(spec, look, r_gland, aff_inv, geom, mix)
-    inner = coverage(np.minimum(geom["dist"] - np.float32(an.skin_mm + 0.5), -geom["delta"] - np.float32(1.0)))
+    inner = coverage(np.minimum(geom["dist"] - np.float32(an.skin_mm + 0.5), -geom["delta"] - np.float32(1.0)),
+                     band=geom["band"])
     segs = [seg for s in (1, -1) for seg in vessel_segments(r_vessel, spec, look, s)]
     mix.paint(vessel_coverage(segs, aff, shape, sp, u, v, w) * inner, L["blood"])
     mult, _, stats = paint_lesion(spec, r_lesion, u, v, w, aff_inv, inner, mix, look)
