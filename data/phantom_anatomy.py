@@ -1,7 +1,8 @@
 """Anatomy and signal model of the synthetic breast DCE-MRI phantom (used by ``data.phantom``).
 
 Everything here is a pure function of a :class:`CaseSpec` (all random draws are made from
-``CaseSpec.render_seed``; the appearance ``CaseSpec.look`` was drawn from its own stream), so one case renders to byte-identical arrays on any machine/process.
+``CaseSpec.render_seed``; the appearance ``CaseSpec.look`` was drawn from its own stream), so
+one case renders to byte-identical arrays on any machine/process.
 
 Coordinates: anatomy is defined in world millimetres, RAS+ as nibabel uses them
 (``u`` = +x towards the patient's right, ``v`` = +y anterior, ``w`` = +z superior). The patient is

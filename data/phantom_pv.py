@@ -11,7 +11,8 @@ analytically instead of rendering a finer grid and averaging down:
   signed distance in mm and a box of spacings ``s_i`` this is ``sum_i |n_i| s_i``, the extent of
   the box along the normal ``n``). The covered fraction is then ``clip(1/2 + phi / width, 0, 1)``
   (a linear ramp over the box; the exact value for a box is a piecewise polynomial, the CDF of a
-  sum of uniform variables, which differs from the ramp by at most ~0.12 near its ends). Thick slices therefore give wide ramps across oblique boundaries, the
+  sum of uniform variables, which differs from the ramp by at most ~0.12 near its ends).
+  Thick slices therefore give wide ramps across oblique boundaries, the
   partial-volume effect of the slice profile.
 - :class:`TissueMix`: every voxel holds the two tissues of largest weight and the weight of the
   first; :meth:`TissueMix.paint` composites a structure of fractional coverage ``alpha`` over

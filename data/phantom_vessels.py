@@ -6,7 +6,8 @@ thoracic artery, the two main supplies of the breast; Cunningham 1977, Cancer 40
 reviewed by van Deventer 2004, Clin Anat 17:403), runs towards the nipple with a gentle random
 curvature and branches dichotomously ``Look.vessel_depth`` times. Radii follow Murray's law
 (r_parent^3 = r_1^3 + r_2^3, Murray 1926, PNAS 12:207) with an asymmetric split; the trunk radius is
-1.0-1.6 mm at full scale (0.8-1.3 mm in the shrunken small-scale body, so vessels stay visible). Each segment is rasterised analytically: the
+1.0-1.6 mm at full scale (0.8-1.3 mm in the shrunken small-scale body, so vessels stay
+visible). Each segment is rasterised analytically: the
 coverage of a voxel is ``clip(1/2 + (r - d) / w, 0, 1)`` with ``d`` its distance to the segment
 axis and ``w`` the extent of the voxel box along the radial direction (:mod:`data.phantom_pv`), so
 thin vessels are dim partial-volume lines. Vessels are blood (label ``blood``): they follow the
