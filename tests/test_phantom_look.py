@@ -255,3 +255,20 @@ def test_non_mass_enhancement_is_clumped_and_masked():
     nme = [p for p in pcs if p.spec.look.nme]
     assert 0 < len(nme) < 0.1 * len(pcs)
     assert all(p.spec.lesion.necrosis == 0 and p.spec.lesion.n_foci == 1 for p in nme)
+
+
+def test_slice_profile_and_per_center_coil_strength():
+    from data.phantom_look import COIL
+    from data.phantom_mr import slice_profile
+    x = np.zeros((3, 3, 5), np.float32)
+    x[1, 1, 2] = 1.0
+    y = slice_profile(x)
+    # Gaussian of 0.3 slices truncated at 4 sigma (one slice each side): weights exp(-1 / 0.18)
+    side = math.exp(-1 / (2 * 0.3 ** 2))
+    assert y[1, 1, 2] == pytest.approx(1 / (1 + 2 * side), rel=1e-5)
+    assert y[1, 1, 1] == pytest.approx(side / (1 + 2 * side), rel=1e-4) and y[1, 1, 0] == 0
+    assert y[0].sum() == 0 and y[:, 0].sum() == 0                # in-plane untouched
+    coil = {c: [phantom.draw_case(0, c, k, f"{c}_{k}").spec.look.coil for k in range(25)] for c in COIL}
+    for c, vals in coil.items():
+        assert COIL[c][0] <= min(vals) and max(vals) <= COIL[c][1]
+    assert np.mean(coil["ISPY1"]) > np.mean(coil["DUKE"]) + 0.1
