@@ -272,3 +272,29 @@ def test_slice_profile_and_per_center_coil_strength():
     for c, vals in coil.items():
         assert COIL[c][0] <= min(vals) and max(vals) <= COIL[c][1]
     assert np.mean(coil["ISPY1"]) > np.mean(coil["DUKE"]) + 0.1
+
+
+def test_glcm_features_hand_computed():
+    from data.phantom_checks import glcm_features
+    stripes = np.tile(np.array([0.0, 100.0]), (6, 3))         # columns alternate 0 / 100
+    f = glcm_features(stripes, np.ones(stripes.shape, bool))
+    # levels 0 and 31: pairs along axis 1 all (0, 31), along axis 0 all equal, equally many
+    # (6 x 5 horizontal, 5 x 6 vertical): P = 1/4 at (0,0), (31,31), (0,31), (31,0)
+    assert f["contrast"] == pytest.approx(31 ** 2 / 2)
+    assert f["correlation"] == pytest.approx(0.0, abs=1e-12)
+    assert f["entropy"] == pytest.approx(2.0)
+    smooth = np.add.outer(np.arange(20.0), np.arange(20.0))  # a ramp: neighbours close, correlated
+    g = glcm_features(smooth, np.ones(smooth.shape, bool))
+    assert g["correlation"] > 0.95 and g["contrast"] < 5
+    with pytest.raises(ValueError, match="no neighbour pairs"):
+        glcm_features(smooth, np.eye(20, dtype=bool))
+
+
+def test_parenchyma_texture_sees_structure_under_noise(nact, nact_quiet):
+    from data.phantom_checks import parenchyma_texture
+    clean, noisy = parenchyma_texture(nact_quiet), parenchyma_texture(pa.render_case(nact))
+    assert all(np.isfinite(list(clean.values()))) and all(np.isfinite(list(noisy.values())))
+    # without noise neighbouring gland pixels are strongly correlated (a smooth texture, not
+    # constant patches: then the quantised GLCM would be a few cells and the entropy near 0)
+    assert clean["correlation"] > 0.6 and clean["entropy"] > 4.0
+    assert noisy["correlation"] < clean["correlation"] and noisy["contrast"] > clean["contrast"]
