@@ -11,6 +11,7 @@ Command line::
     python -m data.phantom --summary              # generate/reuse the default dataset, print tables
     python -m data.phantom --summary --data DIR   # the tables of an existing phantom dataset
     python -m data.phantom --preview DIR          # DIR/phantom_preview.png, one case per center
+    python -m data.phantom --texture              # parenchyma GLCM texture per center
 
 The folder follows the real layout exactly (MAMA-MIA, Garrucho et al., Scientific Data 2025): ``images/<ID>/<id>_000k.nii.gz``
 (upper-case folder, lower-case files, int16, a stray ``.tsv`` beside them),
@@ -29,9 +30,12 @@ command line; the names below are importable from here):
   lesion, pCR label), no rendering.
 - :mod:`data.phantom_writer`: per-case files, train/test splits, latents table, manifest, cache place.
 - :mod:`data.phantom_checks`: naive-threshold hardness check and the preview picture.
+- :mod:`data.phantom_look`: the appearance draws of a case (coil shading, nipple, ducts, vessels,
+  non-mass enhancement), on their own random stream.
 - :mod:`data.phantom_anatomy`: the render model (re-exports :mod:`data.phantom_kinetics`,
   :mod:`data.phantom_spec`, :mod:`data.phantom_body`, :mod:`data.phantom_lesion`,
-  :mod:`data.phantom_render`).
+  :mod:`data.phantom_render`; the anatomy is split further into :mod:`data.phantom_pv`,
+  :mod:`data.phantom_gland`, :mod:`data.phantom_vessels` and :mod:`data.phantom_mr`).
 """
 from __future__ import annotations
 
@@ -53,7 +57,8 @@ from data.phantom_cases import (ANAT_SCALE, B0, B_SUBTYPE, BPE_KTRANS, CURVE_P, 
                                 draw_case, draw_cases, pcr_logit, pcr_probability, receptors)
 from data.phantom_centers import CENTERS, Center, allocate_centers, patient_ids  # noqa: F401
 from data.phantom_checks import (NAIVE_QUANTILES, NAIVE_VALUES, _dice, centers_table,  # noqa: F401
-                                 dataset_subtractions, naive_threshold_dice, save_preview)
+                                 dataset_subtractions, naive_threshold_dice, save_preview,
+                                 texture_by_center)
 from data.workers import process_map
 from data.phantom_writer import (CLINICAL_XLSX, LATENTS_CSV, MANIFEST, PHANTOM_VERSION,  # noqa: F401
                                  REPO_ROOT, STAT_KEYS, TABLE_COLUMNS, TABLE_SHEET, _csv_text, cache_dir,
@@ -68,7 +73,7 @@ __all__ = [
     "REPO_ROOT", "SCALES", "SIZE_SHIFT", "STAT_KEYS", "Center", "PhantomCase", "allocate_centers",
     "cache_dir", "case_record", "centers_table", "dataset_subtractions", "default_dataset", "draw_case", "draw_cases",
     "generate_dataset", "is_cached", "main", "make_splits", "naive_threshold_dice", "patient_ids",
-    "pcr_logit", "pcr_probability", "read_manifest", "save_preview", "write_case",
+    "pcr_logit", "pcr_probability", "read_manifest", "save_preview", "texture_by_center", "write_case",
 ]
 
 log = logging.getLogger(__name__)
@@ -178,11 +183,14 @@ def main(argv=None) -> int:
                     help="print the per-center table (without --out: of the cached default dataset)")
     ap.add_argument("--hardness", action="store_true",
                     help="also print the naive threshold + largest component Dice")
+    ap.add_argument("--texture", action="store_true",
+                    help="print the parenchyma texture (GLCM contrast, correlation, entropy) per center, "
+                         "from the first 3 cases of each center (rendered, not written)")
     ap.add_argument("--preview", type=Path, metavar="DIR", help="save DIR/phantom_preview.png")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    if args.out is None and not (args.summary or args.preview or args.hardness):
-        ap.error("nothing to do: give --out DIR, --summary, --hardness or --preview DIR")
+    if args.out is None and not (args.summary or args.preview or args.hardness or args.texture):
+        ap.error("nothing to do: give --out DIR, --summary, --hardness, --texture or --preview DIR")
     if args.cases < 1:
         ap.error(f"--cases must be >= 1, got {args.cases}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -216,6 +224,10 @@ def main(argv=None) -> int:
     if args.hardness and root is not None:
         res = naive_threshold_dice(dataset_subtractions(root))
         print(f"naive threshold + largest component: mean Dice {res['dice']:.3f} at {res['threshold']}")
+    if args.texture:
+        for center, t in texture_by_center(args.seed, args.scale, args.cases).items():
+            print(f"{center:6s} parenchyma GLCM: contrast {t['contrast']:.2f}, correlation "
+                  f"{t['correlation']:.3f}, entropy {t['entropy']:.2f} bits ({t['cases']} cases rendered)")
     if args.preview is not None:
         print(f"preview: {save_preview(args.preview, args.seed, args.scale, args.cases)}")
     return 0

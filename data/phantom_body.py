@@ -1,10 +1,29 @@
-"""Anatomy geometry of the synthetic breast DCE-MRI phantom: tissue labels of thorax and breasts.
+"""Body geometry of the synthetic breast DCE-MRI phantom: thorax, breast outline, chest wall, heart.
 
-An elliptic thorax (skin, subcutaneous fat, pectoral/back muscles, ribs and sternum, lungs, heart
-with myocardium and pericardial fat, ascending and descending aorta, spine), two ellipsoidal
-breasts (skin, subcutaneous fat, fibroglandular tissue from thresholded multi-scale noise around a
-conical gland prior, amount set by the density category), internal mammary arteries and tortuous
-breast vessels. World coordinates as in :mod:`data.phantom_spec`.
+Every structure is a smooth level-set (approximately a signed distance in mm, positive inside)
+painted with partial-volume coverage into a :class:`data.phantom_pv.TissueMix`, deepest first:
+
+- body: the union of an elliptic thorax (half-axes ``thorax_a``, ``thorax_b``) and two breast
+  ellipsoids sunk into it, joined by a smooth maximum (polynomial smooth union, radius ~6 mm) so
+  the inframammary fold and the breast base are rounded, plus a nipple (a capsule of length
+  ``Look.nipple_mm`` on the apex of each breast). The rib cage also curves in the sagittal
+  direction: its anterior surface sags posteriorly by ``Look.chest_curve (w - breast_w)^2``, so a
+  sagittal slice shows a curved chest wall (at the breast level the thorax ellipse is unchanged,
+  which is what :func:`thorax_surface` returns).
+- skin: a shell 1.4-2.2 mm thick (normal breast skin is 0.8-3 mm, Ulger et al. 2003,
+  Eur J Radiol 47:159), thicker at the areola.
+- chest wall, from the anterior thorax surface inwards: 2.5 mm retromammary fat, the pectoralis
+  (thin at the sternum, full thickness laterally), ribs and intercostal muscle (oval rib
+  sections every ~26 mm sloping laterally downwards, sternum medially), then the lungs.
+- mediastinum: heart as a left ventricle (thick-walled ellipsoid, long axis pointing left,
+  anterior, inferior) and a crescent right ventricle in front of it with a thin wall, septum
+  between them, pericardial fat around; ascending aorta and pulmonary trunk above it, descending
+  aorta beside the vertebra, paraspinal muscles; internal mammary arteries behind the ribs
+  beside the sternum.
+
+World coordinates as in :mod:`data.phantom_spec`. Fibroglandular tissue, vessels and lesions
+are painted afterwards (:mod:`data.phantom_gland`, :mod:`data.phantom_vessels`,
+:mod:`data.phantom_lesion`); the skin is painted last by :func:`paint_skin`.
 """
 from __future__ import annotations
 
@@ -14,18 +33,39 @@ import numpy as np
 from scipy import ndimage
 
 from data.phantom_kinetics import LABELS
-from data.phantom_spec import Anatomy, CaseSpec
+from data.phantom_pv import TissueMix, coverage
+from data.phantom_spec import Anatomy, CaseSpec, Look
 
 
-def _smooth_noise(rng: np.random.Generator, shape, sigma_mm: float, spacing) -> np.ndarray:
-    """Gaussian-filtered white noise with unit standard deviation (a texture field)."""
-    white = rng.standard_normal(tuple(shape), dtype=np.float32)
-    f = ndimage.gaussian_filter(white, [sigma_mm / s for s in spacing], mode="wrap", truncate=3.0)
+def _smooth_noise(rng: np.random.Generator, shape, sigma_mm, spacing) -> np.ndarray:
+    """Gaussian-filtered white noise with unit standard deviation (a texture field); ``sigma_mm``:
+    one correlation length or one per voxel axis (anisotropic texture).
+
+    The filter adds the variance of a voxel box (1/12 voxel^2 per axis), so a field sampled on
+    thick slices is the average over the slice, not a point sample. Wide filters (> 3 voxels) run
+    on a grid coarser by an integer factor and are interpolated back (separable linear)."""
+    shape = tuple(int(n) for n in shape)
+    sig_mm = np.broadcast_to(np.asarray(sigma_mm, float), (3,))
+    sig = np.array([math.sqrt((sm / s) ** 2 + 1 / 12) for sm, s in zip(sig_mm, spacing)])
+    k = np.maximum(np.floor(sig / 1.5), 1).astype(int)
+    if np.all(k == 1):
+        white = rng.standard_normal(shape, dtype=np.float32)
+        f = ndimage.gaussian_filter(white, sig, mode="wrap", truncate=3.0)
+    else:
+        small = tuple(int(math.ceil(n / kk)) + 3 for n, kk in zip(shape, k))
+        white = rng.standard_normal(small, dtype=np.float32)
+        g = ndimage.gaussian_filter(white, sig / k, mode="wrap", truncate=3.0)
+        f = g
+        for ax, (n, kk) in enumerate(zip(shape, k)):     # separable linear interpolation
+            x = np.arange(n, dtype=np.float32) / np.float32(kk) + 1
+            i0 = np.floor(x).astype(np.int64)
+            fr = (x - i0).reshape([-1 if b == ax else 1 for b in range(3)])
+            f = f.take(i0, axis=ax) * (1 - fr) + f.take(i0 + 1, axis=ax) * fr
     return f / max(float(f.std()), 1e-6)
 
 
 def thorax_surface(u, an: Anatomy):
-    """Anterior chest-wall surface v_T(u) and its slope (ellipse of half-axes a, b)."""
+    """Anterior chest-wall surface v_T(u) and its slope at the breast level (ellipse of half-axes a, b)."""
     uu = np.clip(u / an.thorax_a, -0.995, 0.995)
     root = np.sqrt(1 - uu * uu)
     return an.thorax_b * (root - 1), -an.thorax_b * uu / (an.thorax_a * root)
@@ -50,141 +90,154 @@ def _ellipsoid(u, v, w, centre, radii):
     return f, (1 - f) * f / np.maximum(g, np.float32(1e-6)), (x, y, z)
 
 
-def _stamp_tubes(labels, region, aff_inv, spacing, points_mm, radius_mm, value):
-    """Rasterise tubes: spheres of ``radius_mm`` stamped along world points (N, 3); only voxels
-    where ``region`` is true change."""
-    shape = labels.shape
-    vox = (aff_inv[:3, :3] @ points_mm.T + aff_inv[:3, 3:4]).T
-    half = [int(math.ceil(radius_mm / s)) + 1 for s in spacing]
-    offs = np.stack(np.meshgrid(*[np.arange(-h, h + 1) for h in half], indexing="ij"), -1).reshape(-1, 3)
-    keep = (((offs * np.asarray(spacing)) ** 2).sum(1) <= radius_mm ** 2)
-    offs = offs[keep]
-    all_idx = (np.round(vox).astype(np.int64)[:, None, :] + offs[None]).reshape(-1, 3)
-    ok = np.all((all_idx >= 0) & (all_idx < np.asarray(shape)), axis=1)
-    all_idx = all_idx[ok]
-    if all_idx.size == 0:
-        return
-    sel = tuple(all_idx.T)
-    labels[sel] = np.where(region[sel], np.uint8(value), labels[sel])
+def smooth_union(a, b, k: float):
+    """Polynomial smooth maximum of two level-sets (positive inside), blending radius ``k`` mm."""
+    h = np.clip((k - np.abs(a - b)) / np.float32(k), 0, 1)
+    return np.maximum(a, b) + h * h * np.float32(k / 4)
 
 
-def _curve_points(rng, start, end, n=200, wiggle=0.25):
-    """A smooth random curve from ``start`` to ``end`` (world mm), (n, 3)."""
-    start, end = np.asarray(start, float), np.asarray(end, float)
-    length = float(np.linalg.norm(end - start))
-    t = np.linspace(0, 1, n)[:, None]
-    ctrl = rng.normal(0, wiggle * length / 3, size=(4, 3))
-    bumps = sum(ctrl[k] * np.sin((k + 1) * math.pi * t) / (k + 1) for k in range(4))
-    return start + (end - start) * t + bumps
+def _capsule(u, v, w, p0, p1, radius):
+    """Signed distance (mm, positive inside) to a capsule of ``radius`` around segment p0-p1."""
+    p0, p1 = np.asarray(p0, np.float32), np.asarray(p1, np.float32)
+    d = p1 - p0
+    t = ((u - p0[0]) * d[0] + (v - p0[1]) * d[1] + (w - p0[2]) * d[2]) / np.float32(d @ d)
+    np.clip(t, 0, 1, out=t)
+    dist = np.sqrt((u - p0[0] - t * d[0]) ** 2 + (v - p0[1] - t * d[1]) ** 2 + (w - p0[2] - t * d[2]) ** 2)
+    return np.float32(radius) - dist
 
 
-def _anatomy_labels(spec: CaseSpec, rng, u, v, w, aff_inv, fine, coarse):
-    """Tissue labels (uint8, LABELS), breast regions {side: (mask, normalised coords)}, skin mask
-    and heart/great-vessel mask (the source of cardiac ghosts)."""
-    an, sp, L = spec.anatomy, spec.spacing, LABELS
-    # thorax: ellipse of half-axes (a, b) centred b behind the sternum; depth below its surface by
-    # the first-order distance estimate, so the chest wall wraps round to the back
+def nipple_points(side: int, an: Anatomy, look: Look):
+    """Base (on the breast apex) and tip of the nipple of one breast, world mm."""
+    cu, cv, cw, rdt = _breast_centre(side, an)
+    apex = np.array([cu, cv + rdt, cw])
+    return apex - np.array([0, 0.3 * look.nipple_mm, 0]), apex + np.array([0, 0.7 * look.nipple_mm, 0])
+
+
+def paint_body(spec: CaseSpec, look: Look, rng, u, v, w, mix: TissueMix) -> dict:
+    """Paint fat, chest wall and mediastinum into ``mix``; returns the geometry later layers need:
+    ``dist`` (depth below the body surface, mm), ``delta`` (depth below the anterior thorax
+    surface), ``breasts`` {side: (index of breast voxels, normalised coords there)}, ``heart``
+    (bool mask of the blood pools of heart and great vessels, the source of cardiac ghosts)."""
+    an, L = spec.anatomy, LABELS
+    band = 1.5 * float(sum(spec.spacing))     # mm: the level-sets here are ~distances (|grad| <~ 1)
+
+    def _cov(phi):
+        return coverage(phi, band=band)
+
     a_t, b_t = np.float32(an.thorax_a), np.float32(an.thorax_b)
-    tx, ty = u / a_t, (v + b_t) / b_t
+    w0 = np.float32(an.breast_w)
+    sag = np.float32(look.chest_curve) * (w - w0) ** 2          # rib cage curving away superiorly/inferiorly
+    vv = v + sag
+    tx, ty = u / a_t, (vv + b_t) / b_t
     ft = np.sqrt(tx * tx + ty * ty)
     delta = (1 - ft) * ft / np.maximum(np.sqrt((tx / a_t) ** 2 + (ty / b_t) ** 2), np.float32(1e-6))
     del tx, ty, ft
-    in_thorax = delta >= 0
-    dist = np.where(in_thorax, delta, np.float32(-1e3))
-    body = in_thorax.copy()
+    dist = delta.copy()
     breasts = {}
     for s in (1, -1):
         cu, cv, cw, rdt = _breast_centre(s, an)
         f, d, xyz = _ellipsoid(u, v, w, (cu, cv, cw), (an.breast_r[0], rdt, an.breast_r[2]))
-        inside = f < 1
-        body |= inside
-        np.maximum(dist, np.where(inside, d, np.float32(-1e3)), out=dist)
-        breasts[s] = (inside & ~in_thorax, xyz)
-    lab = np.zeros(u.shape, np.uint8)
-    lab[body] = L["fat"]
-    skin = body & (dist < an.skin_mm)
+        nb, nt = nipple_points(s, an, look)
+        nip = _capsule(u, v, w, nb, nt, 0.45 * look.nipple_mm)
+        d = smooth_union(d, nip, 1.5)
+        dist = smooth_union(dist, d, 6.0)
+        sel = np.flatnonzero(((f < 1.05) | (nip > -2)).ravel() & (delta.ravel() < 2.0))
+        breasts[s] = (sel, tuple(c.ravel()[sel] for c in xyz))
+    mix.paint(_cov(dist), L["fat"])
 
-    # chest wall: subcutaneous/retromammary fat, pectoral muscle (back muscles posteriorly), then
-    # ribs/intercostals (sternum medially); inside: lungs, heart and great vessels, spine
-    t = in_thorax & ~skin
-    back = np.clip((-b_t - v) / (0.5 * b_t), 0, 1) * np.float32(0.15 * an.thorax_b)
-    muscle_t = np.float32(an.pectoral_mm) * (1 - 0.5 * (u / a_t) ** 2) + back
-    sternum = (np.abs(u) < 0.09 * an.thorax_a) & (v > -0.5 * b_t)
+    # chest wall: retromammary fat, pectoralis (thin medially), ribs/intercostals, lungs
     d0 = np.float32(2.5)
-    lab[t & (delta >= d0) & (delta < d0 + muscle_t) & ~sternum] = L["muscle"]
-    rib_top = np.where(sternum, d0 + 2, d0 + muscle_t)
-    rib_zone = t & (delta >= rib_top) & (delta < rib_top + an.rib_layer_mm)
-    lab[rib_zone] = L["muscle"]
-    # ribs: oval cross-sections every ~26 mm, sloping downwards laterally (so an axial slice cuts
-    # them into separate segments)
-    period = 26.0 * an.thorax_a / 165.0
+    au = np.abs(u) / a_t
+    muscle_t = np.float32(an.pectoral_mm) * (np.float32(0.3) + np.float32(0.7) * np.clip(au / 0.35, 0, 1))
+    muscle_t += np.clip((-b_t - vv) / (0.5 * b_t), 0, 1) * np.float32(0.15 * an.thorax_b)   # back muscles
+    mix.paint(_cov(delta - d0), L["muscle"])
+    rib_top = d0 + muscle_t
+    rl = np.float32(an.rib_layer_mm)
+    lung_top = rib_top + rl
+    mix.paint(_cov(delta - lung_top), L["lung"])
+    # ribs: oval sections every ~26 mm (scaled), sloping laterally downwards
+    period = np.float32(26.0 * an.thorax_a / 165.0)
     phase = np.mod(w + 0.45 * np.abs(u) - np.float32(rng.uniform(0, period)), period) - period / 2
-    mid = rib_top + 0.5 * an.rib_layer_mm
-    ribs = rib_zone & (((phase / (0.28 * period)) ** 2 + ((delta - mid) / (0.45 * an.rib_layer_mm)) ** 2 < 1)
-                       | sternum)
-    lab[ribs] = L["marrow"]
-    deep = t & (delta >= rib_top + an.rib_layer_mm)
-    lab[deep] = L["lung"]
+    mid = rib_top + 0.5 * rl
+    rib = 1 - np.sqrt((phase / (0.28 * period)) ** 2 + ((delta - mid) / (0.45 * rl)) ** 2)
+    mix.paint(_cov(rib * np.float32(0.3 * rl)), L["marrow"])
+    # sternum: an oval section in the midline, from behind the retromammary fat to the lungs
+    half = np.maximum((lung_top - d0 - 1.0) / 2, np.float32(1.0))
+    ell = np.sqrt((u / np.float32(0.09 * an.thorax_a)) ** 2 + ((delta - d0 - 1.0 - half) / half) ** 2)
+    sternum = (1 - ell) * np.minimum(np.float32(0.09 * an.thorax_a), half)
+    mix.paint(_cov(sternum) * (vv > -0.5 * b_t), L["marrow"])
+    del phase, mid, rib, sternum, au, ell, half
+
+    # mediastinum and spine
     spine_v = -2 * b_t + 0.45 * b_t
-    lab[deep & (np.abs(u) < 0.12 * a_t) & (v < spine_v + 0.3 * b_t)] = L["muscle"]    # paraspinal
-    lab[deep & (u ** 2 + (v - spine_v) ** 2 < (0.17 * b_t) ** 2)] = L["marrow"]        # vertebra
-    desc = deep & ((u + 0.12 * a_t) ** 2 + (v - spine_v - 0.3 * b_t) ** 2 < (0.1 * b_t) ** 2)
-    lab[desc] = L["blood"]                                                              # aorta
-    hu, hdepth, hw = an.heart_center
-    vt_h, _ = thorax_surface(np.float32(hu), an)
-    hc = (hu, float(vt_h) - hdepth, hw)
-    ang = math.radians(35.0)
-    du, dv = u - np.float32(hc[0]), v - np.float32(hc[1])
-    ru = np.float32(math.cos(ang)) * du + np.float32(math.sin(ang)) * dv
-    rv = -np.float32(math.sin(ang)) * du + np.float32(math.cos(ang)) * dv
-    fh = np.sqrt((ru / an.heart_r[0]) ** 2 + (rv / an.heart_r[1]) ** 2 + ((w - hc[2]) / an.heart_r[2]) ** 2)
-    heart = deep & (fh < 1)
-    lab[deep & (fh < 1.25)] = L["fat"]              # pericardial fat
-    lab[heart] = L["blood"]
-    myo_t = 8.0 * an.heart_r[0] / 55.0
-    lab[heart & (fh > 1 - myo_t / float(np.mean(an.heart_r)))] = L["myocardium"]
-    ar = 0.22 * an.heart_r[0]
-    aorta = deep & ((u - np.float32(0.3 * hu)) ** 2 + (v - np.float32(hc[1] + 0.3 * an.heart_r[1])) ** 2
-                    < ar * ar) & (w > hc[2] + 0.45 * an.heart_r[2])
-    lab[aorta] = L["blood"]
-    heart_mask = heart | aorta
-
-    # fibroglandular tissue: thresholded multi-scale noise around a conical gland prior, with the
-    # threshold set so that the fraction of the breast matches the density category
-    frac = {"a": 0.07, "b": 0.2, "c": 0.4, "d": 0.62}[an.density] * float(rng.uniform(0.85, 1.15))
-    fgt = np.zeros(u.shape, bool)
-    for s in (1, -1):
-        breast, (x, y, z) = breasts[s]
-        interior = breast & ~skin
-        sub = interior & (dist > an.subcut_mm) & (delta < -2.0)
-        n_int, n_sub = int(interior.sum()), int(sub.sum())
-        if n_sub < 10:
-            continue
-        rho = np.sqrt(x[sub] ** 2 + z[sub] ** 2) / np.sqrt(np.maximum(1 - y[sub] ** 2, 0.05))
-        field = 0.6 * fine[sub] + 0.8 * coarse[sub] + 2.2 * np.exp(-(rho / 0.6) ** 2)
-        keep = min(0.97, frac * n_int / n_sub)
-        thr = np.partition(field, int((1 - keep) * (field.size - 1)))[int((1 - keep) * (field.size - 1))]
-        fgt[sub] = field > thr
-    lab[fgt] = L["fgt"]
-
-    # vessels: internal mammary arteries along the sternum, tortuous breast vessels to the nipple
+    para = np.minimum(np.float32(0.12) * a_t - np.abs(u), spine_v + 0.3 * b_t - vv)
+    mix.paint(_cov(np.minimum(para, delta - lung_top)), L["muscle"])
+    mix.paint(_cov(0.17 * b_t - np.sqrt(u ** 2 + (vv - spine_v) ** 2)), L["marrow"])
+    desc = 0.1 * b_t - np.sqrt((u + 0.12 * a_t) ** 2 + (vv - spine_v - 0.3 * b_t) ** 2)
+    mix.paint(_cov(desc), L["blood"])
+    heart = desc > 0
+    heart |= _paint_heart(an, u, v, w, mix, _cov)
+    # internal mammary arteries: behind the ribs beside the sternum, running superior-inferior
     for s in (1, -1):
         iu = s * 0.13 * an.thorax_a
         ivt, _ = thorax_surface(np.float32(iu), an)
-        depth = 2.5 + an.pectoral_mm + 0.5 * an.rib_layer_mm
-        ws = np.linspace(w.min() - 5, w.max() + 5, 400)
-        pts = np.stack([np.full_like(ws, iu), np.full_like(ws, float(ivt) - depth), ws], 1)
-        _stamp_tubes(lab, in_thorax & ~skin, aff_inv, sp, pts, 1.3, L["blood"])
-        breast, _ = breasts[s]
-        cu, cv, cw, rdt = _breast_centre(s, an)
-        bvt, _ = thorax_surface(np.float32(cu), an)
-        for _ in range(an.n_vessels):
-            phi = rng.uniform(0, 2 * np.pi)
-            start = (cu + 0.75 * an.breast_r[0] * math.cos(phi), float(bvt) - 1.0,
-                     cw + 0.75 * an.breast_r[2] * math.sin(phi))
-            end = (cu + rng.uniform(-0.2, 0.2) * an.breast_r[0], float(bvt) + 0.85 * an.breast_r[1],
-                   cw + rng.uniform(-0.2, 0.2) * an.breast_r[2])
-            _stamp_tubes(lab, breast & ~skin, aff_inv, sp, _curve_points(rng, start, end),
-                         float(rng.uniform(0.7, 1.4)), L["blood"])
-    lab[skin] = L["skin"]
-    return lab, breasts, skin, heart_mask
+        depth = 2.5 + an.pectoral_mm * 0.5 + 0.8 * an.rib_layer_mm
+        ima = np.float32(1.3) - np.sqrt((u - iu) ** 2 + (vv - np.float32(ivt - depth)) ** 2)
+        mix.paint(_cov(ima), L["blood"])
+    return dict(dist=dist, delta=delta, breasts=breasts, heart=heart, band=band)
+
+
+def _paint_heart(an: Anatomy, u, v, w, mix: TissueMix, _cov) -> np.ndarray:
+    """Pericardial fat, ventricles with myocardium and septum, ascending aorta and pulmonary trunk.
+    Returns the mask of their blood pools."""
+    L = LABELS
+    hu, hdepth, hw = an.heart_center
+    vt_h, _ = thorax_surface(np.float32(hu), an)
+    hc = np.array([hu, float(vt_h) - hdepth, hw], np.float32)
+    r = np.asarray(an.heart_r, np.float32)
+    ang = math.radians(35.0)                    # long axis towards the left, anterior
+    c, s = np.float32(math.cos(ang)), np.float32(math.sin(ang))
+
+    def ellipsoid_sdf(centre, radii):
+        du, dv, dw = u - centre[0], v - centre[1], w - centre[2]
+        ru, rv = c * du + s * dv, -s * du + c * dv
+        _, d, _ = _ellipsoid(ru, rv, dw, (0, 0, 0), radii)
+        return d
+
+    # left ventricle posterior-left, right ventricle anterior-right of the heart centre (u > 0 is
+    # the patient's right, v > 0 anterior)
+    lv = ellipsoid_sdf(hc + np.array([-0.15 * r[0], -0.12 * r[1], 0], np.float32), 0.85 * r)
+    rv_c = hc + np.array([0.4 * r[0], 0.38 * r[1], -0.05 * r[2]], np.float32)
+    rv = ellipsoid_sdf(rv_c, (0.75 * r[0], 0.62 * r[1], 0.85 * r[2]))
+    whole = np.maximum(lv, rv)
+    myo = np.float32(8.0 * an.heart_r[0] / 55.0)   # LV wall ~8-10 mm at full scale
+    mix.paint(_cov(whole + np.float32(0.12) * r.mean()), L["fat"])
+    mix.paint(_cov(whole), L["myocardium"])
+    lv_pool = lv - myo
+    rv_pool = np.minimum(rv - 0.35 * myo, -lv - 0.6 * myo)    # septum between the two pools
+    mix.paint(_cov(lv_pool), L["blood"])
+    mix.paint(_cov(rv_pool), L["blood"])
+    pools = (lv_pool > 0) | (rv_pool > 0)
+    del lv, rv, whole
+    # ascending aorta and pulmonary trunk above the heart (tubes along superior-inferior)
+    top = hc[2] + np.float32(0.45) * r[2]
+    ar = np.float32(0.22 * an.heart_r[0])
+    for du_, dv_, rad in ((0.3 * hu - hc[0], 0.3 * r[1], ar), (0.25 * r[0], 0.6 * r[1], 0.9 * ar)):
+        tube = np.minimum(rad - np.sqrt((u - hc[0] - du_) ** 2 + (v - hc[1] - dv_) ** 2), w - top)
+        mix.paint(_cov(tube), L["blood"])
+        pools |= tube > 0
+    return pools
+
+
+def paint_skin(an: Anatomy, look: Look, u, v, w, geom: dict, mix: TissueMix) -> None:
+    """Skin shell over the whole body, thicker at the areola (radius ~3 nipple lengths)."""
+    dist = geom["dist"]
+    t = np.full(dist.shape, an.skin_mm, np.float32)
+    for s in (1, -1):
+        nb, _ = nipple_points(s, an, look)
+        rho2 = (u - np.float32(nb[0])) ** 2 + (w - np.float32(nb[2])) ** 2
+        t += np.float32(0.8 * an.skin_mm) * np.exp(-rho2 / np.float32((3 * look.nipple_mm) ** 2)) \
+            * (v > np.float32(nb[1] - 3 * look.nipple_mm))
+    band = geom["band"]
+    outer = coverage(dist, band=band)
+    mix.paint(np.clip(outer - coverage(dist - t, band=band), 0, 1), LABELS["skin"])

@@ -96,6 +96,7 @@ from data.phantom_body import thorax_surface
 from data.phantom_centers import CENTERS, Center, allocate_centers, patient_ids
 from data.phantom_kinetics import CURVE_TYPES, curve_type, draw_tumour_kinetics, enhancement_curve, t10_ms
 from data.phantom_lesion import lesion_centre
+from data.phantom_look import draw_look
 from data.phantom_spec import Anatomy, CaseSpec, Lesion, world_extent_to_shape
 
 
@@ -338,6 +339,7 @@ def draw_case(seed: int, center: str, k: int, patient_id: str, scale: str = "sma
     centre = tuple(float(np.clip(x, lc - max(r, 0.0), lc + max(r, 0.0)))
                    for x, lc, r in zip(centre, les_c, room))
     spec = dataclasses.replace(spec, fov_center=centre)
+    spec = dataclasses.replace(spec, look=draw_look(spec))      # appearance: its own random stream
     latent = dict(
         age=clin["age"], menopause=clin["menopause"], density=clin["density"], subtype=clin["subtype"],
         hr=clin["hr"], er=clin["er"], pr=clin["pr"], her2=clin["her2"], grade=clin["grade"],

@@ -1,7 +1,18 @@
 """Lesion shapes of the synthetic breast DCE-MRI phantom.
 
-Lesions are lobulated or spiculated blobs with optional necrotic core, extra foci and satellites,
-placed in the tumour-side breast in front of the chest wall; the rim enhances more than the core.
+Mass lesions are lobulated or spiculated blobs with optional necrotic core, extra foci and
+satellites, placed in the tumour-side breast in front of the chest wall; the rim enhances more
+than the core (``rim``) and the enhancement varies inside with a 3 mm random field. Each shape is a
+level-set (``1 - r / R(direction)`` times the radius, ~mm) painted with partial-volume coverage
+(:mod:`data.phantom_pv`), so the rim is a band of mixed voxels, not a voxel step.
+
+Non-mass enhancement (``Look.nme``; BI-RADS NME, distribution "segmental", internal pattern
+"clumped", ACR BI-RADS Atlas 5th ed. 2013): enhancing clumps (a 1.2 mm random field above a
+threshold) inside a segment, a cone with its apex at the nipple whose axis runs through the lesion
+centre, widening towards the chest wall, over 1.6 lesion radii either side of the centre.
+
+The expert mask is the lesion at the image grid: voxels whose lesion weight (tumour plus necrotic
+core) is at least 1/2, the same weights the signal is rendered from.
 """
 from __future__ import annotations
 
@@ -9,8 +20,9 @@ import math
 
 import numpy as np
 
-from data.phantom_body import _breast_centre, _smooth_noise, thorax_surface
+from data.phantom_body import _breast_centre, _smooth_noise, nipple_points, thorax_surface
 from data.phantom_kinetics import LABELS
+from data.phantom_pv import TissueMix, coverage
 from data.phantom_spec import Anatomy, CaseSpec, rotation
 
 
@@ -79,12 +91,27 @@ def lesion_centre(spec: CaseSpec):
                         spec.lesion.position, an.skin_mm + 0.5 * an.subcut_mm + 1.0)
 
 
-def _render_lesion(spec: CaseSpec, rng, u, v, w, aff_inv, lab, breasts, skin):
-    """Draw the lesion(s) into ``lab``; returns the enhancement multiplier map (full volume,
-    1 outside lesions) and lesion stats. Rim enhances more than the core (``rim``)."""
-    an, les, sp, L = spec.anatomy, spec.lesion, spec.spacing, LABELS
-    breast, _ = breasts[spec.side]
-    inner = breast & ~skin
+def _nme_phi(rng, spec: CaseSpec, look, coords, c, radius, sp):
+    """Level-set (~mm, > 0 inside) of clumped segmental non-mass enhancement (module docstring)."""
+    nb, _ = nipple_points(spec.side, spec.anatomy, look)
+    axis = np.asarray(c, float) - nb
+    length = max(float(np.linalg.norm(axis)), 1e-3)
+    axis /= length
+    d = [x - np.float32(p) for x, p in zip(coords, nb)]
+    t = d[0] * np.float32(axis[0]) + d[1] * np.float32(axis[1]) + d[2] * np.float32(axis[2])
+    radial = np.sqrt(np.maximum(sum(x * x for x in d) - t * t, 0))
+    region = np.minimum(np.float32(1.6 * radius) - np.abs(t - np.float32(length)),
+                        np.float32(radius) * (0.45 + 0.55 * np.clip(t, 0, None) / np.float32(length)) - radial)
+    body = max(spec.anatomy.thorax_a / 160.0, 0.8)
+    clumps = _smooth_noise(rng, coords[0].shape, 1.2 * body, sp)
+    return np.minimum(region, (clumps - np.float32(0.2)) * np.float32(1.2 * body))
+
+
+def paint_lesion(spec: CaseSpec, rng, u, v, w, aff_inv, inner, mix: TissueMix, look=None):
+    """Paint the lesion(s) into ``mix`` with partial-volume edges; returns the enhancement
+    multiplier map (full volume, 1 outside lesions), the lesion coverage (full volume, float32)
+    and lesion stats. ``inner``: coverage of the breast interior (behind the skin)."""
+    les, sp, L = spec.lesion, spec.spacing, LABELS
     c, radius = lesion_centre(spec)
     ext = radius * (2.6 if les.spiculated else 1.6) + 3.0
     foci = [(c, radius, les.spiculated, les.necrosis)]
@@ -99,29 +126,40 @@ def _render_lesion(spec: CaseSpec, rng, u, v, w, aff_inv, lab, breasts, skin):
         r_s = rng.uniform(1.0, 2.2) * max(spec.lesion_scale, 0.6)
         foci.append((c + dvec * (radius * rng.uniform(1.05, 1.5) + r_s), r_s, False, 0.0))
     reach = max(float(np.linalg.norm(f[0] - c)) + f[1] * 1.8 for f in foci) + ext - radius
-    box = _box_from_world(aff_inv, lab.shape, c - reach, c + reach)
+    box = _box_from_world(aff_inv, mix.shape, c - reach, c + reach)
     coords = [a[box] for a in (u, v, w)]
     ratio = np.full(coords[0].shape, np.inf, np.float32)
-    core = np.zeros(coords[0].shape, bool)
-    for centre, rad, spic, nec in foci:
+    core = np.full(coords[0].shape, -np.inf, np.float32)
+    nme = bool(look is not None and look.nme)
+    for centre, rad, spic, nec in ([] if nme else foci):
         rr, noise = _lesion_field(rng, coords, centre, rad, spic, int(rng.integers(3, 7)),
                                   rng.uniform(0.08, 0.2), sp)
         if nec > 0:
-            core |= rr < np.float32(nec) * (1 + np.float32(0.15) * noise)
+            np.maximum(core, np.float32(nec) * (1 + np.float32(0.15) * noise) - rr, out=core)
         np.minimum(ratio, rr, out=ratio)
-    inside = (ratio < 1) & inner[box]
-    core &= inside
-    sub = lab[box]                      # a view: writes go into lab
-    sub[inside] = L["tumour"]
-    sub[core] = L["necrosis"]
-    mult = np.ones(lab.shape, np.float32)
+    # level-sets in ~mm (ratio is r / R): partial-volume coverage of tumour and necrotic core,
+    # the tumour confined to the breast interior
+    if nme:
+        phi = _nme_phi(rng, spec, look, coords, c, radius, sp)
+        ratio = np.clip(1 - phi / np.float32(radius), 0, None)
+    else:
+        phi = np.where(np.isfinite(ratio), (1 - ratio) * np.float32(radius), np.float32(-radius))
+    alpha = coverage(phi) * inner[box]
+    core_phi = np.where(np.isfinite(core), core * np.float32(radius), np.float32(-radius))
+    alpha_core = np.minimum(coverage(core_phi), alpha)
+    mix.paint(alpha, L["tumour"], box)
+    mix.paint(alpha_core, L["necrosis"], box)
+    mult = np.ones(mix.shape, np.float32)
     het = _smooth_noise(rng, ratio.shape, 3.0, sp) if ratio.size else ratio
-    m = (1 - les.rim) + les.rim * 1.7 * np.clip(ratio, 0, 1) ** 2
+    rim = 0.0 if nme else les.rim
+    m = (1 - rim) + rim * 1.7 * np.clip(ratio, 0, 1) ** 2
     m = np.maximum(m * np.exp(np.float32(0.25) * het), 0.05).astype(np.float32)
-    mult[box][inside] = m[inside]
-    n_t, n_c = int(inside.sum()), int(core.sum())
+    mult[box] = np.where(alpha > 0, m, np.float32(1.0))
+    cov = np.zeros(mix.shape, np.float32)
+    cov[box] = alpha
+    n_t = float(alpha.sum())
     vol = n_t * float(np.prod(sp))
-    return mult, dict(tumour_voxels=n_t, necrotic_fraction=n_c / max(n_t, 1), tumour_ml=vol / 1000.0,
-                      rendered_diameter_mm=(6 * vol / math.pi) ** (1 / 3), capped=bool(
-                          radius < les.diameter_mm * spec.lesion_scale / 2 - 1e-6),
-                      lesion_centre_mm=[round(float(x), 2) for x in c])
+    return mult, cov, dict(necrotic_fraction=float(alpha_core.sum()) / max(n_t, 1e-6), tumour_ml=vol / 1000.0,
+                           rendered_diameter_mm=(6 * vol / math.pi) ** (1 / 3), capped=bool(
+                               radius < les.diameter_mm * spec.lesion_scale / 2 - 1e-6),
+                           lesion_centre_mm=[round(float(x), 2) for x in c], nme=nme)

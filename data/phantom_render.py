@@ -1,10 +1,25 @@
-"""Rendering of one synthetic breast DCE-MRI case: signal per phase, then acquisition artefacts.
+"""Rendering of one synthetic breast DCE-MRI case: anatomy, signal per phase, acquisition artefacts.
+
+Anatomy: painted deepest first into a two-tissue partial-volume mixture per voxel
+(:class:`data.phantom_pv.TissueMix`): body and chest wall (:mod:`data.phantom_body`), Cooper's
+ligaments and fibroglandular tissue (:mod:`data.phantom_gland`), vessel trees
+(:mod:`data.phantom_vessels`), the lesion (:mod:`data.phantom_lesion`), the skin. Independent
+random streams (children of ``SeedSequence(render_seed)``) serve body, gland, vessels, lesion and
+acquisition, so changing one does not move the others.
 
 Signal: tissue concentrations (:func:`data.phantom_kinetics.tissue_curves`) through the SPGR
-signal equation, per label for uniform tissues and per voxel for parenchyma (background
-enhancement) and tumour. Artefacts, in acquisition order: rigid motion between phases (the
-annotated phase ``_0001`` is the reference), blur (point-spread), ghosting along the phase-encode
-axis, smooth multiplicative bias field, Rician noise, int16 storage.
+signal equation, per tissue for uniform tissues and per voxel for parenchyma (background
+enhancement, M0 texture) and tumour (heterogeneity), mixed with the voxel's partial-volume
+weights; a faint 3 % texture over all tissue; fat suppression scales fat M0 by
+``Look.fat_residual`` (and marrow by 0.3). Artefacts, in acquisition order: rigid motion between
+phases (the annotated phase ``_0001`` is the reference), in-plane blur (point-spread, Gaussian
+0.5 voxel) and slice overlap (:func:`data.phantom_mr.slice_profile`), ghosting along the
+phase-encode axis (N/2 ghost of the body, N/3 ghosts of the pulsating heart), multiplicative bias
+(receive-coil shading and a smooth polynomial, :func:`data.phantom_mr.bias_field`), Rician
+magnitude noise (:func:`data.phantom_mr.magnitude`), int16 storage.
+
+The expert mask is the set of voxels whose lesion weight is at least 1/2 (``Rendered.lesion_weight``);
+the label map is the dominant tissue of each voxel, consistent with the mask.
 """
 from __future__ import annotations
 
@@ -13,10 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from data.phantom_body import _anatomy_labels, _smooth_noise
+from data.phantom_body import paint_body, paint_skin
+from data.phantom_gland import paint_gland
 from data.phantom_kinetics import LABELS, TISSUES, spgr, t10_ms, tissue_curves
-from data.phantom_lesion import _render_lesion
+from data.phantom_lesion import paint_lesion
+from data.phantom_look import draw_look
+from data.phantom_mr import bias_field, magnitude, slice_profile
+from data.phantom_pv import TissueMix, coverage
 from data.phantom_spec import PE_AXIS, CaseSpec, case_affine, rotation
+from data.phantom_vessels import vessel_coverage, vessel_segments
 
 
 @dataclass
@@ -29,6 +49,7 @@ class Rendered:
     affine: np.ndarray
     breast_box: tuple[slice, slice, slice]  # tumour-side breast, nibabel axes, half-open
     stats: dict
+    lesion_weight: np.ndarray | None = None  # float32 partial-volume weight of the lesion; mask = >= 1/2
 
 
 def _world_coords(aff: np.ndarray, shape) -> list[np.ndarray]:
@@ -42,16 +63,6 @@ def _world_coords(aff: np.ndarray, shape) -> list[np.ndarray]:
     return out
 
 
-def _bias_field(rng, shape, strength: float) -> np.ndarray:
-    axes = [np.linspace(-1, 1, n, dtype=np.float32).reshape([-1 if b == a else 1 for b in range(3)])
-            for a, n in enumerate(shape)]
-    c = rng.normal(0, strength, 9).astype(np.float32)
-    x, y, z = axes
-    log = c[0] * x + c[1] * y + c[2] * z + c[3] * x * x + c[4] * y * y + c[5] * z * z
-    log = log + c[6] * x * y + c[7] * x * z + c[8] * y * z
-    return np.exp(log).astype(np.float32)
-
-
 def _psf_voxels(spec: CaseSpec, axis: int) -> float:
     """Gaussian point-spread sigma in voxels along an in-plane axis (half a voxel by default)."""
     return 0.5 if spec.psf_mm is None else float(spec.psf_mm) / float(spec.spacing[axis])
@@ -59,57 +70,89 @@ def _psf_voxels(spec: CaseSpec, axis: int) -> float:
 
 def render_case(spec: CaseSpec) -> Rendered:
     """Render all phases of one case (see the module docstring for the model)."""
-    rng = np.random.default_rng(np.random.SeedSequence(list(spec.render_seed)))
+    look = spec.look if spec.look is not None else draw_look(spec)
+    streams = np.random.SeedSequence(list(spec.render_seed)).spawn(5)
+    r_body, r_gland, r_vessel, r_lesion, r_acq = (np.random.default_rng(x) for x in streams)
     aff = case_affine(spec)
     aff_inv = np.linalg.inv(aff)
     shape, sp, L = tuple(spec.shape), spec.spacing, LABELS
     u, v, w = _world_coords(aff, shape)
-    fine = _smooth_noise(rng, shape, 0.8, sp)
-    coarse = _smooth_noise(rng, shape, 3.0, sp)
-    lab, breasts, skin, heart_mask = _anatomy_labels(spec, rng, u, v, w, aff_inv, fine, coarse)
-    mult, stats = _render_lesion(spec, rng, u, v, w, aff_inv, lab, breasts, skin)
-    bpe_field = _smooth_noise(rng, shape, 7.0, sp)
-    box_mask = breasts[spec.side][0]
-    del u, v, w, coarse
+    an = spec.anatomy
 
-    # ---- signal: per-label lookup for uniform tissues, per voxel for parenchyma and tumour
+    # ---- anatomy as a two-tissue partial-volume mixture per voxel, deepest structures first
+    mix = TissueMix(shape, L["air"])
+    geom = paint_body(spec, look, r_body, u, v, w, mix)
+    bpe_map, gland_tex, fine = paint_gland(spec, look, r_gland, aff_inv, geom, mix)
+    inner = coverage(np.minimum(geom["dist"] - np.float32(an.skin_mm + 0.5), -geom["delta"] - np.float32(1.0)),
+                     band=geom["band"])
+    segs = [seg for s in (1, -1) for seg in vessel_segments(r_vessel, spec, look, s)]
+    mix.paint(vessel_coverage(segs, aff, shape, sp, u, v, w) * inner, L["blood"])
+    mult, _, stats = paint_lesion(spec, r_lesion, u, v, w, aff_inv, inner, mix, look)
+    paint_skin(an, look, u, v, w, geom, mix)
+    heart_mask = geom["heart"]
+    body_mask = geom["dist"] > 0
+    box_mask = np.zeros(shape, bool)
+    box_mask.ravel()[geom["breasts"][spec.side][0]] = True
+    box_mask &= geom["dist"] > 0
+    lesion_w = mix.weight(L["tumour"]) + mix.weight(L["necrosis"])
+    mask = lesion_w >= 0.5
+    # label map: the dominant tissue, made consistent with the mask where the lesion's weight is
+    # split between tumour and necrotic core (or an exact 1/2)
+    lab = mix.dominant()
+    les = np.isin(lab, (L["tumour"], L["necrosis"]))
+    lab[mask & ~les] = L["tumour"]
+    other = np.where(np.isin(mix.a, (L["tumour"], L["necrosis"])), mix.b, mix.a).reshape(shape)
+    lab[~mask & les] = other[~mask & les]
+    del les, other
+    stats["tumour_voxels"] = int(mask.sum())
+    bias = bias_field(spec, look, r_acq, u, v, w, body_mask)
+    del u, v, w, inner, geom
+
+    # ---- signal: per tissue through the SPGR equation, per voxel for parenchyma (background
+    # enhancement, texture) and tumour (heterogeneity), mixed with the partial-volume weights
     conc = tissue_curves(spec)
     fs = spec.field_strength
-    flat = lab.ravel()
-    fgt_idx = np.flatnonzero(flat == L["fgt"])
-    tum_idx = np.flatnonzero(flat == L["tumour"])
-    bpe_map = np.exp(np.float32(0.7) * bpe_field.ravel()[fgt_idx] - np.float32(0.245))
-    tum_map = mult.ravel()[tum_idx]
-    tex = (1 + np.float32(0.04) * fine).ravel()
-    del bpe_field, mult, fine
     fat_ref = float(spgr(1.0, t10_ms("fat", fs), np.float32(0.0), spec.tr_ms, spec.flip_deg))
     scale = np.float32(spec.gain / fat_ref)
     m0 = {k: TISSUES[k][0] for k in TISSUES}
     if spec.fat_suppressed:
-        m0["fat"] *= 0.12
+        m0["fat"] *= look.fat_residual
         m0["marrow"] *= 0.3
+    tex = (1 + np.float32(0.03) * fine).ravel()
+    del fine
+    code_a, code_b, f_a = mix.a, mix.b, mix.f
+    per_voxel = {L["fgt"]: (bpe_map.ravel(), gland_tex.ravel(), "fgt"),
+                 L["tumour"]: (mult.ravel(), None, "tumour")}
+    where = {c: (np.flatnonzero(code_a == c), np.flatnonzero((code_b == c) & (f_a < 1))) for c in per_voxel}
     clean = []
     for p in range(len(spec.times_s)):
-        lut = np.zeros(max(L.values()) + 1, np.float32)
+        lut = np.zeros(256, np.float32)
         for name, code in L.items():
             lut[code] = spgr(m0[name], t10_ms(name, fs), np.float32(conc[name][p]), spec.tr_ms, spec.flip_deg)
-        s = lut[flat]
-        s[fgt_idx] = spgr(m0["fgt"], t10_ms("fgt", fs), bpe_map * np.float32(conc["fgt"][p]),
-                          spec.tr_ms, spec.flip_deg)
-        s[tum_idx] = spgr(m0["tumour"], t10_ms("tumour", fs), tum_map * np.float32(conc["tumour"][p]),
-                          spec.tr_ms, spec.flip_deg)
-        clean.append((s * tex * scale).reshape(shape))
-    mask = ((lab == L["tumour"]) | (lab == L["necrosis"]))
+        sa, sb = lut[code_a], lut[code_b]
+        for code, (kmap, m0map, name) in per_voxel.items():
+            for sx, idx in zip((sa, sb), where[code]):
+                if idx.size:
+                    mm = m0[name] * (m0map[idx] if m0map is not None else np.float32(1.0))
+                    sx[idx] = spgr(mm, t10_ms(name, fs), kmap[idx] * np.float32(conc[name][p]),
+                                   spec.tr_ms, spec.flip_deg)
+        s = f_a * sa + (1 - f_a) * sb
+        s *= tex
+        s *= scale
+        clean.append(s.reshape(shape))
+    del sa, sb
+    fgt_w = mix.weight(L["fgt"]) > 0.5
+    blood = lab == L["blood"]
     stats["clean_curves"] = {
         "tumour": [float(c[mask].mean()) if mask.any() else 0.0 for c in clean],
-        "parenchyma": [float(c.ravel()[fgt_idx].mean()) if fgt_idx.size else 0.0 for c in clean],
-        "heart": [float(c[lab == L["blood"]].mean()) if (lab == L["blood"]).any() else 0.0 for c in clean],
+        "parenchyma": [float(c[fgt_w].mean()) if fgt_w.any() else 0.0 for c in clean],
+        "heart": [float(c[blood].mean()) if blood.any() else 0.0 for c in clean],
     }
     stats["heart_voxels"] = int(heart_mask.sum())
 
     # ---- acquisition artefacts
     centre = np.asarray(spec.fov_center, float)
-    bias = _bias_field(rng, shape, spec.bias)
+    rng = r_acq
     pe = PE_AXIS[spec.view]
     n_pe = shape[pe]
     heart_ghost = min(0.25, 3 * spec.ghost + 0.04)
@@ -138,6 +181,7 @@ def render_case(spec: CaseSpec) -> Rendered:
             s = ndimage.affine_transform(s, mm[:3, :3], offset=mm[:3, 3], order=1, mode="nearest")
         for ax in (0, 1):                    # in-plane point-spread (slice axis is 2 in both views)
             s = ndimage.gaussian_filter1d(s, _psf_voxels(spec, ax), axis=ax)
+        s = slice_profile(s)
         g = np.roll(s, n_pe // 2, axis=pe)
         g *= np.float32(spec.ghost)
         if heart_mask.any():
@@ -146,15 +190,7 @@ def render_case(spec: CaseSpec) -> Rendered:
             g += np.float32(heart_ghost) * (np.roll(hs, shift, axis=pe) + np.roll(hs, -shift, axis=pe))
         s = s + g
         s *= bias
-        n1 = rng.standard_normal(shape, dtype=np.float32)
-        n1 *= sigma
-        n1 += s
-        np.square(n1, out=n1)
-        n2 = rng.standard_normal(shape, dtype=np.float32)
-        n2 *= sigma
-        np.square(n2, out=n2)
-        n1 += n2
-        np.sqrt(n1, out=n1)                  # Rician magnitude
+        n1 = magnitude(s, float(sigma), rng)
         np.rint(n1, out=n1)
         phases.append(np.clip(n1, 0, 32767).astype(np.int16))
 
@@ -166,4 +202,4 @@ def render_case(spec: CaseSpec) -> Rendered:
         lo, hi = np.zeros(3, int), np.asarray(shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     return Rendered(phases=phases, mask=mask.astype(np.uint8), labels=lab, affine=aff,
-                    breast_box=box, stats=stats)  # type: ignore[arg-type]
+                    breast_box=box, stats=stats, lesion_weight=lesion_w)  # type: ignore[arg-type]

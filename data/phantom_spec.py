@@ -55,6 +55,22 @@ class Anatomy:
 
 
 @dataclass(frozen=True)
+class Look:
+    """Appearance of a case beyond the record: drawn by :func:`data.phantom_look.draw_look` from
+    its own random stream, so adding it changed no other draw of a case."""
+
+    coil: float                 # receive-coil shading: max |log bias| of the coil profile
+    coil_depth: float           # coil loop radius / breast radius (deeper coils: flatter profile)
+    fat_residual: float         # fat signal left by fat suppression (fraction of unsuppressed)
+    nipple_mm: float            # nipple length (radius ~ 0.45 of it), scaled with the body
+    ducts: int                  # lobar ducts per breast radiating from the nipple
+    chest_curve: float          # antero-posterior sag of the rib cage per mm^2 off the breast level (1/mm)
+    vessel_depth: int           # branching generations of each breast vessel tree
+    gland_detail: float         # weight of the finest texture scale of the gland field
+    nme: bool = False           # non-mass enhancement (clumped, segmental) instead of a mass
+
+
+@dataclass(frozen=True)
 class CaseSpec:
     """Everything needed to render one case deterministically."""
 
@@ -85,6 +101,7 @@ class CaseSpec:
     lesion: Lesion
     lesion_scale: float          # rendered lesion size / drawn size (small datasets shrink)
     psf_mm: float | None = None  # in-plane point-spread sigma (mm); None: half a voxel
+    look: Look | None = None     # appearance (data.phantom_look); None: drawn from render_seed
 
 
 DIRECTIONS = {
