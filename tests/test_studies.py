@@ -360,3 +360,41 @@ def test_paired_difference():
     assert np.isnan(bootstrap_ci([])["mean"])
     with pytest.raises(ValueError, match="finite"):
         bootstrap_ci([1.0, float("nan")])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_two_tiny_configurations_interrupted_and_resumed_for_real(tmp_path, monkeypatch):
+    """Real train/infer/eval subprocesses on a 7-case dataset: the study is stopped when the
+    second configuration starts, resumed, and the first configuration's run is not touched."""
+    from conftest import write_tiny_dataset
+    from studies import report
+    monkeypatch.setenv("MAMAMIA_CACHE", str(tmp_path / "cache"))
+    data = write_tiny_dataset(tmp_path / "ds", n=7)
+    p = write_study(tmp_path, MINI.replace('train = { arch = "unet", fold = "0", centers = "DUKE" }',
+                                          'train = { arch = "unet", fold = "0", seed = 1 }')
+                    .replace('title = "mini"', 'title = "mini"\nvalidation = true'))
+    study = spec.load(str(p))
+    out = tmp_path / "study"
+    cells = commands.build(study, budgets.resolve("smoke"), commands.dataset_facts(str(data)), out, str(data))
+
+    def stop_at_b(step, log, env):
+        if step.config == "b":
+            raise KeyboardInterrupt
+        return runner.default_launcher(step, log, env)
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_steps(cells, out, launcher=stop_at_b, poll=0.2, echo=lambda *_: None)
+    final = out / "runs" / "a" / "fold_0" / "checkpoint_final.pt"
+    before = final.stat().st_mtime_ns
+    result = runner.run_steps(cells, out, poll=0.2, echo=lambda *_: None)
+    assert result == {"a/train": "skipped (done before)", "a/infer": "skipped (done before)",
+                      "a/eval": "skipped (done before)", "b/train": "done", "b/infer": "done", "b/eval": "done"}
+    assert final.stat().st_mtime_ns == before
+    assert (out / "logs" / "a.train.log").read_text().count("$ ") == 1
+    paths = report.write(study, cells, out, "smoke", "tiny")
+    rows = (out / "table.csv").read_text().splitlines()
+    assert rows[0] == "section,row,metric,a,b" and any(r.startswith("test,DUKE,dice,") for r in rows)
+    assert any(r.startswith("validation,") for r in rows) and paths["plot"].is_file()
+    assert "train.py --run b" in (out / "report.md").read_text()
