@@ -142,11 +142,7 @@ def build(study: Study, budget: dict, facts: Facts, out: Path, data: str | None)
                         *data_args, "--resume", "-q"]
                 cell.steps.append(Step(name, "train", tuple(argv), (f"{src}/train",) if src else ()))
                 run_names, deps = [name], (f"{name}/train",)
-            infer_opts = {**cfg.infer, **budget["infer"]}
-            if "no_lcc" in cfg.infer or "lcc" in cfg.infer:      # the study's explicit choice wins
-                infer_opts = {k: v for k, v in infer_opts.items() if k not in ("lcc", "no_lcc")} | \
-                    {k: cfg.infer[k] for k in ("lcc", "no_lcc") if k in cfg.infer}
-            infer_opts.setdefault("ensemble", True)
+            infer_opts = {"ensemble": True, **budget["infer"], **cfg.infer}
             split = ["--split", "all", "--centers", holdout] if holdout else ["--split", "test"]
             argv = ["infer.py", "--runs", *(str(runs / r) for r in run_names), "--output", str(preds / name),
                     *split, *data_args, *flag_args(infer_opts, "infer"), "-q"]

@@ -78,6 +78,21 @@ def write(study: Study, cells: list[Cell], out: Path, budget_name: str, data_lab
     columns = [c.name for c in study.configs]
     labels = {c.name: c.label for c in study.configs}
     tests, loco, skipped = collect(cells, out)
+    groups: dict[str, list[str]] = {}
+    for c in study.configs:
+        if c.group:
+            groups.setdefault(c.group, []).append(c.name)
+    for group, members in groups.items():          # draws: one more column, their mean per case
+        col = f"{group}_mean"
+        columns.append(col)
+        labels[col] = f"{group} (mean of {len(members)} draws)"
+        avg = tab.average_results([tests[m] for m in members if m in tests])
+        if avg is not None:
+            tests[col] = avg
+        for held in {h for m in members for h in loco.get(m, {})}:
+            avg = tab.average_results([loco[m][held] for m in members if held in loco.get(m, {})])
+            if avg is not None:
+                loco.setdefault(col, {})[held] = avg
     rows = tab.build_rows(columns, tests, study.baseline, study.metrics, study.validation, loco or None)
     md = tab.markdown(rows, columns, labels, study.baseline)
     paths = {"csv": tab.write_csv(rows, columns, out / "table.csv"),

@@ -95,13 +95,12 @@ def check_changes(cells: list[Cell], state: State, out: Path, force: bool) -> li
 
 
 def default_launcher(step: Step, log_path: Path, env: dict) -> subprocess.Popen:
+    """Start ``step`` with its output appended to ``log_path`` (the command first)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(log_path, "ab")
-    fh.write(f"\n$ {shell_line(step)}\n".encode())
-    fh.flush()
-    proc = subprocess.Popen(command_line(step), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    proc._log_handle = fh        # closed when the step ends
-    return proc
+    with open(log_path, "ab") as fh:     # the child keeps its own copy of the descriptor
+        fh.write(f"\n$ {shell_line(step)}\n".encode())
+        fh.flush()
+        return subprocess.Popen(command_line(step), cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
 
 
 def cuda_devices() -> int:
@@ -133,7 +132,6 @@ def run_steps(cells: list[Cell], out: Path, parallel: int = 1, echo=print,
                 rc = proc.poll()
                 if rc is None:
                     continue
-                getattr(proc, "_log_handle", None) and proc._log_handle.close()
                 del running[slot]
                 secs = round(time.time() - t0, 1)
                 if rc == 0:

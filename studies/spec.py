@@ -65,6 +65,7 @@ class Config:
     ensemble: tuple[str, ...] = ()
     match_size: dict[str, str] | None = None
     loco: bool = True                                     # takes part in leave-one-center-out
+    group: str | None = None                              # draws: the name they were expanded from
 
     @property
     def upkern_from(self) -> str | None:
@@ -178,9 +179,10 @@ def load(name_or_file: str) -> Study:
         else:
             for s in range(draws):
                 configs.append(Config(f"{name}_s{s}", f"{label} (draw {s})", {**train, "sample_seed": s},
-                                      infer, tuple(ens), match, loco))
+                                      infer, tuple(ens), match, loco, group=name))
     names = [c.name for c in configs]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    names_all = names + sorted({c.group for c in configs if c.group})
+    dup = sorted({n for n in names_all if names_all.count(n) > 1})
     if dup:
         raise UserError(f"{where}: configuration name(s) {dup} used twice")
     for c in configs:

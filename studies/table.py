@@ -66,6 +66,25 @@ def read_validation(run_dir: Path) -> dict:
     return out
 
 
+def average_results(results: list[Result]) -> Result | None:
+    """Several draws of one configuration as one column: per case the mean over the draws that
+    scored it, the mean of their official scores and validation figures."""
+    results = [r for r in results if r.cases]
+    if not results:
+        return None
+    out = Result()
+    for pid in sorted(set().union(*(r.cases for r in results))):
+        got = [r.cases[pid] for r in results if pid in r.cases]
+        out.cases[pid] = {"center": got[0]["center"], **{m: float(np.mean([g[m] for g in got])) for m in METRIC_NAMES}}
+    for attr in ("official", "validation"):
+        keys = set().union(*(getattr(r, attr) for r in results))
+        for k in keys:
+            vals = [getattr(r, attr).get(k) for r in results]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                getattr(out, attr)[k] = float(np.mean(vals))
+    return out
+
+
 @dataclass
 class Row:
     section: str      # validation | test | held-out center

@@ -88,6 +88,19 @@ def test_invalid_studies_are_one_line_errors(tmp_path, edit, words):
         spec.load(str(p))
 
 
+def test_list_and_budget_errors(capsys):
+    from studies.__main__ import main
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("seed_a", "seed_b", "selection"))
+    with pytest.raises(UserError, match="--budget 'huge'"):
+        budgets.resolve("huge")
+    assert budgets.resolve("smoke", {"smoke": {"folds": 2, "train": {"iters": 5}}})["train"] == \
+        {**budgets.BUDGETS["smoke"]["train"], "iters": 5}
+    with pytest.raises(UserError, match="folds"):
+        budgets.resolve("smoke", {"smoke": {"folds": 9}})
+
+
 def test_bad_toml_and_missing_study(tmp_path):
     with pytest.raises(UserError, match="not valid TOML"):
         spec.load(str(write_study(tmp_path, "[study\n")))
@@ -316,6 +329,16 @@ def test_loco_section_pools_the_held_out_centers():
     assert get[("held-out center", "overall")]["base"] == pytest.approx(0.4)
     # paired over the cases both have (A's two): +0.1 each
     assert get[("held-out center", "difference to baseline (paired)")]["new"] == pytest.approx(0.1)
+
+
+def test_draws_are_averaged_per_case_into_one_column():
+    d0 = _result([0.2, 0.4], ["A", "B"], {"ranking": 0.5}, {"dice": 0.3})
+    d1 = _result([0.4, 0.8], ["A", "B"], {"ranking": 0.7}, {"dice": 0.5})
+    avg = tab.average_results([d0, d1, tab.Result()])
+    assert avg.cases["A_0"]["dice"] == pytest.approx(0.3) and avg.cases["B_1"]["norm_hd"] == pytest.approx(0.4)
+    assert avg.official == {"ranking": pytest.approx(0.6)} and avg.validation == {"dice": pytest.approx(0.4)}
+    assert tab.average_results([tab.Result()]) is None
+    assert [c.group for c in spec.load("selection").configs if c.group] == ["random"] * 3
 
 
 # ----------------------------------------------------------------------------- statistics
