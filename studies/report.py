@@ -50,21 +50,23 @@ def plot(rows: list[tab.Row], columns: list[str], labels: dict[str, str], path: 
         x = np.arange(len(sel))
         for j, c in enumerate(columns):
             vals = [r.values.get(c) for r in sel]
-            h = [np.nan if v is None else v for v in vals]
-            err = [[0 if r.label != "overall" or v is None or ci["low"].get(c) is None else v - ci["low"][c]
-                    for r, v in zip(sel, vals)],
-                   [0 if r.label != "overall" or v is None or ci["high"].get(c) is None else ci["high"][c] - v
-                    for r, v in zip(sel, vals)]]
-            ax.bar(x + (j - (len(columns) - 1) / 2) * width, h, width, yerr=err, capsize=2,
-                   label=labels.get(c, c))
+            pos = x + (j - (len(columns) - 1) / 2) * width
+            ax.bar(pos, [np.nan if v is None else v for v in vals], width, label=labels.get(c, c))
+            for k, (r, v) in enumerate(zip(sel, vals)):     # the interval of the overall mean
+                lo, hi = ci["low"].get(c), ci["high"].get(c)
+                if r.label == "overall" and None not in (v, lo, hi):
+                    ax.errorbar(pos[k], v, yerr=[[v - lo], [hi - v]], color="black", capsize=2, lw=1)
         ax.set_xticks(x, [r.label for r in sel])
         ax.set_ylabel(tab.METRIC_NAMES.get(metric, metric))
         ax.set_title(f"{tab.METRIC_NAMES.get(metric, metric)}: {section}" +
                      (" (trained without it)" if section == "held-out center" else ""))
         if metric == "dice":
             ax.set_ylim(0, 1)
-    axes[0, 0].legend(fontsize=7, ncol=min(3, len(columns)), loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    ncol = min(3, len(columns))
+    legend_rows = -(-len(columns) // ncol)
+    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.045 * legend_rows / len(panels) + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
