@@ -8,7 +8,9 @@ Every configuration becomes up to three steps, ``<config>/train``, ``<config>/in
 (``<config>__loco_<CENTER>``) and evaluated on every case of that center (``--split all
 --centers CENTER``). Case counts written ``N/TOTAL`` are scaled to the dataset (``round(N *
 cases / TOTAL)``, at least the budget's ``min_cases``); a configuration left with fewer training
-cases than that is skipped, with the reason in the table.
+cases than that is skipped, with the reason in the table. A cell whose train.py flags equal an
+earlier cell's (DUKE + NACT trained without ISPY1 is DUKE + NACT) predicts with that run instead
+of training it again.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class Cell:
     steps: list[Step] = field(default_factory=list)
     skipped: str | None = None
     n_train: int | None = None
+    reuses: str | None = None   # the cell whose run this one predicts with (same training flags)
 
 
 @dataclass
@@ -110,6 +113,7 @@ def build(study: Study, budget: dict, facts: Facts, out: Path, data: str | None)
     runs, preds, evals = out / "runs", out / "predictions", out / "eval"
     holdouts: list[str | None] = [None] + (list(facts.centers) if study.loco else [])
     cells: dict[str, Cell] = {}
+    trained: dict[tuple, str] = {}     # train.py flags -> the cell whose run they make
     data_args = ["--data", str(Path(data).resolve())] if data else []
     for holdout in holdouts:
         for cfg in _ordered(study):
@@ -138,10 +142,16 @@ def build(study: Study, budget: dict, facts: Facts, out: Path, data: str | None)
                     continue
                 if src:
                     train["upkern_from"] = src
-                argv = ["train.py", "--run", name, "--runs-dir", str(runs), *flag_args(train, "train"),
-                        *data_args, "--resume", "-q"]
-                cell.steps.append(Step(name, "train", tuple(argv), (f"{src}/train",) if src else ()))
-                run_names, deps = [name], (f"{name}/train",)
+                flags = tuple(flag_args(train, "train"))
+                if flags in trained:       # the same training as another cell (e.g. DUKE + NACT
+                    run_names = [trained[flags]]    # without ISPY1): its run is reused
+                    deps = (f"{trained[flags]}/train",)
+                    cell.reuses = trained[flags]
+                else:
+                    trained[flags] = name
+                    argv = ["train.py", "--run", name, "--runs-dir", str(runs), *flags, *data_args, "--resume", "-q"]
+                    cell.steps.append(Step(name, "train", tuple(argv), (f"{src}/train",) if src else ()))
+                    run_names, deps = [name], (f"{name}/train",)
             infer_opts = {"ensemble": True, **budget["infer"], **cfg.infer}
             split = ["--split", "all", "--centers", holdout] if holdout else ["--split", "test"]
             argv = ["infer.py", "--runs", *(str(runs / r) for r in run_names), "--output", str(preds / name),

@@ -21,7 +21,8 @@ def collect(cells: list[Cell], out: Path):
     """(test results by column, LOCO results by column and held-out center, skipped reasons)."""
     tests, loco, skipped = {}, {}, {}
     for cell in cells:
-        run = out / "runs" / cell.config if any(s.kind == "train" for s in cell.steps) else None
+        trains = cell.reuses or (cell.config if any(s.kind == "train" for s in cell.steps) else None)
+        run = out / "runs" / trains if trains else None
         if cell.skipped:
             skipped[cell.config] = cell.skipped
             continue
@@ -113,7 +114,8 @@ def write(study: Study, cells: list[Cell], out: Path, budget_name: str, data_lab
     for cell in cells:
         if not cell.steps:
             continue
-        lines.append(f"### {cell.config}" + (f" ({cell.n_train} training cases)" if cell.n_train else ""))
+        lines.append(f"### {cell.config}" + (f" ({cell.n_train} training cases)" if cell.n_train else "")
+                     + (f", the run of `{cell.reuses}`" if cell.reuses else ""))
         lines.append("")
         lines.append("```")
         for s in cell.steps:

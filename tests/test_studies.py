@@ -168,6 +168,10 @@ def test_selection_sizes_match_and_loco_leaves_the_center_out():
     assert arg("centers__loco_DUKE", "--centers") == "NACT" and cells["centers__loco_DUKE"].n_train == 10
     assert arg("all__loco_DUKE", "--centers") == "ISPY1,ISPY2,NACT"
     assert arg("quality__loco_DUKE", "--drop-worst") == str(130 - 10)
+    # DUKE + NACT trained without ISPY1 is DUKE + NACT: that run is reused, not trained again
+    reuse = cells["centers__loco_ISPY1"]
+    assert reuse.reuses == "centers" and [s.kind for s in reuse.steps] == ["infer", "eval"]
+    assert reuse.steps[0].deps == ("centers/train",) and "/o/runs/centers" in reuse.steps[0].argv
     infer = cells["random_s0__loco_ISPY2"].steps[1].argv
     assert " --split all --centers ISPY2 " in " ".join(infer) + " "
     # too few cases to train on: skipped with a reason, and what matches its size too
