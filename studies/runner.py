@@ -12,7 +12,7 @@ and it runs again, with everything that depends on it.
 Steps run as ``sys.executable <repo>/<script> ...`` with the repository as working folder; each
 writes ``<out>/logs/<config>.<step>.log``. With ``parallel`` > 1 up to that many steps whose
 dependencies are done run at once; each gets ``CUDA_VISIBLE_DEVICES`` set to its slot when CUDA
-devices exist.
+devices exist (on CPU, ``OMP_NUM_THREADS`` shares the cores among the slots).
 """
 from __future__ import annotations
 
@@ -112,6 +112,19 @@ def cuda_devices() -> int:
         return 0
 
 
+def slot_env(slot: int, parallel: int, n_dev: int, base: dict | None = None) -> dict:
+    """The environment of a step in ``slot``: its own CUDA device (one of those already visible,
+    when ``CUDA_VISIBLE_DEVICES`` narrows them), or on CPU an equal share of the cores."""
+    env = dict(os.environ if base is None else base)
+    if n_dev:
+        visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or \
+            [str(k) for k in range(n_dev)]
+        env["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
+    elif parallel > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    return env
+
+
 def run_steps(cells: list[Cell], out: Path, parallel: int = 1, echo=print,
               launcher: Callable = default_launcher, poll: float = 0.5) -> dict[str, str]:
     """Run every step not yet done; returns {step key: "done" | "skipped" | "failed: ..."} for the
@@ -154,9 +167,7 @@ def run_steps(cells: list[Cell], out: Path, parallel: int = 1, echo=print,
                 if not all(d not in by_key or state.done(by_key[d]) for d in s.deps):
                     continue
                 slot = free.pop(0)
-                env = dict(os.environ)
-                if n_dev:
-                    env["CUDA_VISIBLE_DEVICES"] = str(slot % n_dev)
+                env = slot_env(slot, parallel, n_dev)
                 started += 1
                 echo(f"[{started}/{total}] {s.key}" + (f" (slot {slot})" if parallel > 1 else ""))
                 state.mark(s, "running", started=time.strftime("%Y-%m-%d %H:%M:%S"))

@@ -289,6 +289,14 @@ def test_failed_step_stops_its_dependents_only(tmp_path, monkeypatch):
     assert envs["a/train"] == "0" and envs["b/train"] == "1"        # two at once, one device each
 
 
+def test_slot_environments():
+    assert runner.slot_env(3, 4, 2, {})["CUDA_VISIBLE_DEVICES"] == "1"
+    assert runner.slot_env(1, 2, 2, {"CUDA_VISIBLE_DEVICES": "4,6"})["CUDA_VISIBLE_DEVICES"] == "6"
+    cpu = runner.slot_env(0, 2, 0, {})
+    assert "CUDA_VISIBLE_DEVICES" not in cpu and int(cpu["OMP_NUM_THREADS"]) >= 1
+    assert runner.slot_env(0, 1, 0, {}) == {}
+
+
 # ----------------------------------------------------------------------------- table
 
 def _result(values, centers, official=None, validation=None):
