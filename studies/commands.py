@@ -142,6 +142,7 @@ def build(study: Study, budget: dict, facts: Facts, out: Path, data: str | None)
                     continue
                 if src:
                     train["upkern_from"] = src
+                check_train(study, name, train)
                 flags = tuple(flag_args(train, "train"))
                 if flags in trained:       # the same training as another cell (e.g. DUKE + NACT
                     run_names = [trained[flags]]    # without ISPY1): its run is reused
@@ -233,6 +234,33 @@ def _train_options(cfg: Config, study: Study, budget: dict, facts: Facts, holdou
             n = min(n_avail, target)
     opts["__n__"] = n
     return opts
+
+
+def check_train(study: Study, name: str, options: dict) -> None:
+    """train.py's own torch-free flag checks (engine.flags.check_flags) on a cell's options, so
+    a wrong value fails before the study starts, naming the study file and the configuration."""
+    import typing
+
+    from engine import flags
+    hints = typing.get_type_hints(flags.TrainRequest)
+    values = {}
+    for key, value in options.items():
+        hint = str(hints[key])
+        try:
+            if isinstance(value, list) or isinstance(value, bool) or value is None:
+                values[key] = value
+            elif "int" in hint and "str" not in hint:
+                values[key] = int(value)
+            elif "float" in hint:
+                values[key] = float(value)
+            else:
+                values[key] = str(value)
+        except ValueError:
+            raise UserError(f"{study.path}: config {name}: {key} = {value!r}: expected a number") from None
+    try:
+        flags.check_flags(flags.TrainRequest(**values))
+    except UserError as exc:
+        raise UserError(f"{study.path}: config {name}: {exc}") from None
 
 
 def _hash_steps(cells, out: Path) -> None:

@@ -101,6 +101,18 @@ def test_list_and_budget_errors(capsys):
         budgets.resolve("smoke", {"smoke": {"folds": 9}})
 
 
+@pytest.mark.parametrize("train, words", [
+    ('{ arch = "unet", fold = "7" }', "config a: --fold"),
+    ('{ arch = "unet", fold = "0", batch_size = "many" }', "config a: batch_size = 'many'"),
+    ('{ arch = "mednext", fold = "0", kernel = 4 }', "config a: --kernel 4"),
+])
+def test_train_values_are_checked_before_anything_runs(tmp_path, train, words):
+    p = write_study(tmp_path, MINI.replace('{ arch = "unet", fold = "0" }', train, 1))
+    with pytest.raises(UserError, match=words) as err:
+        commands.build(spec.load(str(p)), budgets.resolve("smoke"), fake_facts(), tmp_path / "o", None)
+    assert str(p) in str(err.value)
+
+
 def test_bad_toml_and_missing_study(tmp_path):
     with pytest.raises(UserError, match="not valid TOML"):
         spec.load(str(write_study(tmp_path, "[study\n")))
