@@ -72,15 +72,14 @@ class State:
 
 
 def check_changes(cells: list[Cell], state: State, out: Path, force: bool) -> list[str]:
-    """Steps whose recorded command differs from the study's now; an error unless ``force``, in
-    which case their outputs are moved aside. Returns the keys of the changed steps."""
+    """Steps whose recorded command differs from the study's now. Finished or interrupted ones are
+    an error unless ``force``; their outputs (and those of failed ones, which are simply redone)
+    are moved to ``<out>/superseded/<time>/``. Returns the keys of the steps to redo."""
     changed = [s for c in cells for s in c.steps if state.changed(s)]
-    if not changed:
-        return []
-    keys = [s.key for s in changed]
-    if not force:
-        raise UserError(f"{out}: the study's commands changed for step(s) already run: {', '.join(keys[:8])}"
-                        f"{' ...' if len(keys) > 8 else ''}; rerun with --force to redo them and what "
+    kept = [s.key for s in changed if state.steps[s.key].get("status") != "failed"]
+    if kept and not force:
+        raise UserError(f"{out}: the study's commands changed for step(s) already run: {', '.join(kept[:8])}"
+                        f"{' ...' if len(kept) > 8 else ''}; rerun with --force to redo them and what "
                         "depends on them (their outputs are moved to superseded/), or use another --out")
     aside = out / "superseded" / time.strftime("%Y%m%d-%H%M%S")
     for s in changed:
@@ -90,8 +89,9 @@ def check_changes(cells: list[Cell], state: State, out: Path, force: bool) -> li
                 (aside / sub).mkdir(parents=True, exist_ok=True)
                 shutil.move(str(src), str(aside / sub / s.config))
         state.steps.pop(s.key, None)
-    state.save()
-    return keys
+    if changed:
+        state.save()
+    return [s.key for s in changed]
 
 
 def default_launcher(step: Step, log_path: Path, env: dict) -> subprocess.Popen:

@@ -284,6 +284,18 @@ def test_changed_study_is_refused_unless_forced(tmp_path, monkeypatch):
     assert seen == ["b/train", "b/infer", "b/eval"]
 
 
+def test_a_failed_step_whose_command_changed_is_simply_redone(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "cuda_devices", lambda: 0)
+    out = tmp_path / "study"
+    cells = commands.build(spec.load(str(write_study(tmp_path, MINI))), budgets.resolve("smoke"),
+                           fake_facts(), out, None)
+    runner.run_steps(cells, out, launcher=lambda s, *a: FakeProc(1 if s.key == "b/train" else 0), poll=0,
+                     echo=lambda *_: None)
+    edited = spec.load(str(write_study(tmp_path, MINI.replace('centers = "DUKE"', 'centers = "NACT"'))))
+    cells2 = commands.build(edited, budgets.resolve("smoke"), fake_facts(), out, None)
+    assert runner.check_changes(cells2, runner.State(out), out, force=False) == ["b/train"]
+
+
 def test_failed_step_stops_its_dependents_only(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "cuda_devices", lambda: 2)
     out = tmp_path / "study"
