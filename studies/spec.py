@@ -193,6 +193,11 @@ def load(name_or_file: str) -> Study:
             if ref not in names or ref == c.name:
                 raise UserError(f"{where}: config {c.name}.{what} = {ref!r}: not another configuration "
                                 f"of this study ({', '.join(names)})")
+    for c in configs:
+        ref = c.match_size and next(r for r in configs if r.name == c.match_size["config"])
+        if ref and ({"select", "drop_worst"} & set(ref.train) or ref.match_size):
+            raise UserError(f"{where}: config {c.name}.match_size: {ref.name} must choose its cases by centers, "
+                            "phases and max_cases only (its size is counted before training)")
     baseline = head.get("baseline", configs[0].name)
     if baseline not in names:
         raise UserError(f"{where}: study.baseline = {baseline!r}: not a configuration ({', '.join(names)})")

@@ -81,6 +81,8 @@ def test_unknown_keys_name_the_file_and_the_key(tmp_path, text, key):
     (('name = "b"', 'name = "b c"'), "name"),
     (('train = { arch = "unet", fold = "0" }', 'train = { arch = "unet" }\nensemble = ["b"]'), "either"),
     (('title = "mini"', 'title = "mini"\nmetrics = ["hd"]'), "metrics"),
+    (('centers = "DUKE" }', 'centers = "DUKE", select = "quality>0" }\n\n[[config]]\nname = "c"\n'
+                            'train = { arch = "unet" }\nmatch_size = { config = "b", by = "max_cases" }'), "b must choose"),
 ])
 def test_invalid_studies_are_one_line_errors(tmp_path, edit, words):
     p = write_study(tmp_path, MINI.replace(*edit, 1))
