@@ -153,7 +153,8 @@ def build(study: Study, budget: dict, facts: Facts, out: Path, data: str | None)
                     argv = ["train.py", "--run", name, "--runs-dir", str(runs), *flags, *data_args, "--resume", "-q"]
                     cell.steps.append(Step(name, "train", tuple(argv), (f"{src}/train",) if src else ()))
                     run_names, deps = [name], (f"{name}/train",)
-            infer_opts = {"ensemble": True, **budget["infer"], **cfg.infer}
+            infer_opts = {**budget["infer"], **cfg.infer}      # the study's own choice wins
+            infer_opts.setdefault("ensemble", True)
             split = ["--split", "all", "--centers", holdout] if holdout else ["--split", "test"]
             argv = ["infer.py", "--runs", *(str(runs / r) for r in run_names), "--output", str(preds / name),
                     *split, *data_args, *flag_args(infer_opts, "infer"), "-q"]
