@@ -74,7 +74,8 @@ def run(args) -> int:
         state = runner.State(out)
         redone = runner.check_changes(cells, state, out, args.force)
         if redone:
-            print(f"--force: redoing {len(redone)} changed step(s): {', '.join(redone)}")
+            print(f"--force: redoing {len(redone)} changed step(s): {', '.join(redone[:8])}"
+                  + (f" and {len(redone) - 8} more" if len(redone) > 8 else ""))
         skipped = [c for c in cells if c.skipped]
         for c in skipped:
             print(f"not run: {c.config}: {c.skipped}")

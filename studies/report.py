@@ -109,7 +109,9 @@ def write(study: Study, cells: list[Cell], out: Path, budget_name: str, data_lab
              "interval over cases (10,000 resamples); differences: paired bootstrap over the cases "
              "both configurations were tested on.", "", md, "![per center](plot.png)", ""]
     if skipped:
-        lines += ["## Not run", ""] + [f"- `{k}`: {v}" for k, v in skipped.items()] + [""]
+        lines += ["## Not run", "", "Where a column lacks cells, its overall row pools fewer cases than the "
+                  "others; the paired differences use only the cases both columns were tested on.", ""]
+        lines += [f"- `{k}`: {v}" for k, v in skipped.items()] + [""]
     lines += ["## Commands", ""]
     for cell in cells:
         if not cell.steps:
