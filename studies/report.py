@@ -45,9 +45,9 @@ def plot(rows: list[tab.Row], columns: list[str], labels: dict[str, str], path: 
     width = 0.8 / max(1, len(columns))
     for ax, (section, metric) in zip(axes[:, 0], panels):
         sel = [r for r in rows if r.section == section and r.metric == metric
-               and "CI" not in r.label and not r.label.startswith("difference")]
+               and r.label not in tab.DETAIL and r.label != tab.DIFF]
         ci = {k: next((r.values for r in rows if r.section == section and r.metric == metric
-                       and r.label == f"overall 95% CI {k}"), {}) for k in ("low", "high")}
+                       and r.label == label), {}) for k, label in (("low", tab.CI_LOW), ("high", tab.CI_HIGH))}
         x = np.arange(len(sel))
         for j, c in enumerate(columns):
             vals = [r.values.get(c) for r in sel]
@@ -55,7 +55,7 @@ def plot(rows: list[tab.Row], columns: list[str], labels: dict[str, str], path: 
             ax.bar(pos, [np.nan if v is None else v for v in vals], width, label=labels.get(c, c))
             for k, (r, v) in enumerate(zip(sel, vals)):     # the interval of the overall mean
                 lo, hi = ci["low"].get(c), ci["high"].get(c)
-                if r.label == "overall" and None not in (v, lo, hi):
+                if r.label == tab.OVERALL and None not in (v, lo, hi):
                     ax.errorbar(pos[k], v, yerr=[[v - lo], [hi - v]], color="black", capsize=2, lw=1)
         ax.set_xticks(x, [r.label for r in sel])
         ax.set_ylabel(tab.METRIC_NAMES.get(metric, metric))

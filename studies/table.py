@@ -23,6 +23,11 @@ from core.atomic import atomic_write
 from core.stats import bootstrap_ci, paired_difference
 
 METRIC_NAMES = {"dice": "Dice", "norm_hd": "NormHD"}
+# row labels of the overall block (table.csv keeps the bounds as rows of their own)
+OVERALL, CI_LOW, CI_HIGH = "overall", "overall 95% CI low", "overall 95% CI high"
+DIFF, DIFF_LOW, DIFF_HIGH, DIFF_P = ("difference to baseline (paired)", "difference 95% CI low",
+                                     "difference 95% CI high", "difference p (bootstrap)")
+DETAIL = (CI_LOW, CI_HIGH, DIFF_LOW, DIFF_HIGH, DIFF_P)      # folded into OVERALL / DIFF in table.md
 
 
 @dataclass
@@ -151,9 +156,8 @@ def _section(section, m, columns, results, baseline, seed, centers=True) -> list
                                                  for c in columns}))
     cis = {c: bootstrap_ci([x[m] for x in present[c].cases.values()], seed=seed) if c in present else None
            for c in columns}
-    rows.append(Row(section, "overall", m, {c: cis[c]["mean"] if cis[c] else None for c in columns}))
-    rows.append(Row(section, "overall 95% CI low", m, {c: cis[c]["low"] if cis[c] else None for c in columns}))
-    rows.append(Row(section, "overall 95% CI high", m, {c: cis[c]["high"] if cis[c] else None for c in columns}))
+    for key, label in (("mean", OVERALL), ("low", CI_LOW), ("high", CI_HIGH)):
+        rows.append(Row(section, label, m, {c: cis[c][key] if cis[c] else None for c in columns}))
     diffs = {}
     base = present.get(baseline)
     for c in columns:
@@ -163,8 +167,7 @@ def _section(section, m, columns, results, baseline, seed, centers=True) -> list
         ids = sorted(set(present[c].cases) & set(base.cases))
         diffs[c] = paired_difference([present[c].cases[i][m] for i in ids], [base.cases[i][m] for i in ids],
                                      seed=seed) if ids else None
-    for key, label in (("mean", "difference to baseline (paired)"), ("low", "difference 95% CI low"),
-                       ("high", "difference 95% CI high"), ("p", "difference p (bootstrap)")):
+    for key, label in (("mean", DIFF), ("low", DIFF_LOW), ("high", DIFF_HIGH), ("p", DIFF_P)):
         rows.append(Row(section, label, m, {c: diffs[c][key] if diffs[c] else None for c in columns}))
     return rows
 
@@ -196,17 +199,16 @@ def markdown(rows: list[Row], columns: list[str], labels: dict[str, str], baseli
         lines = [f"**{section}**", "", head, sep]
         for r in (r for r in rows if r.section == section):
             name = f"{METRIC_NAMES.get(r.metric, r.metric)} {r.label}".strip()
-            if "CI" in r.label or r.label.startswith("difference ") and r.label != "difference to baseline (paired)":
+            if r.label in DETAIL:
                 continue
             cells = []
             for c in columns:
                 v = r.values.get(c)
-                if r.label == "overall":
-                    lo, hi = (lookup[(section, f"overall 95% CI {k}", r.metric)].get(c) for k in ("low", "high"))
+                if r.label == OVERALL:
+                    lo, hi = (lookup[(section, k, r.metric)].get(c) for k in (CI_LOW, CI_HIGH))
                     cells.append(_f(v) + (f" [{_f(lo)}, {_f(hi)}]" if v is not None else ""))
-                elif r.label == "difference to baseline (paired)":
-                    lo, hi, p = (lookup[(section, k, r.metric)].get(c) for k in
-                                 ("difference 95% CI low", "difference 95% CI high", "difference p (bootstrap)"))
+                elif r.label == DIFF:
+                    lo, hi, p = (lookup[(section, k, r.metric)].get(c) for k in (DIFF_LOW, DIFF_HIGH, DIFF_P))
                     cells.append("-" if c == baseline else _f(v, True) + (f" [{_f(lo, True)}, {_f(hi, True)}] "
                                                                           f"p={p:.3f}" if v is not None else ""))
                 else:
