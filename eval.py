@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", help="with --cv: cpu or cuda (default: cuda when available)")
     p.add_argument("--data", help="MAMA-MIA root (default: the phantom dataset)")
     p.add_argument("--split", choices=("train", "test", "all"), default="test")
+    p.add_argument("--centers", help="score only the cases of these centers, e.g. NACT (with --split all: "
+                                     "a held-out center)")
     p.add_argument("--out", help="output folder (default <pred>/evaluation[_pcr])")
     p.add_argument("--hd-units", choices=("voxel", "mm"), default="voxel",
                    help="HD95/NormHD units (voxel = official; mm is a labelled deviation)")
@@ -85,11 +87,13 @@ def run(args) -> int:
         if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
             raise UserError(f"--out {out} lies inside the input folder {inp}; choose another folder")
     try:
-        cases = mamamia.select(mamamia.load_dataset(data), split=args.split)
+        centers = [c.strip() for c in (args.centers or "").split(",") if c.strip()] or None
+        cases = mamamia.select(mamamia.load_dataset(data), split=args.split, centers=centers)
     except (OSError, ValueError) as exc:
         raise UserError(f"--data {data}: {exc}") from exc
     if not cases:
-        raise UserError(f"--data {data}: no case in split {args.split!r}")
+        raise UserError(f"--data {data}: no case in split {args.split!r}"
+                        + (f" of center(s) {args.centers}" if args.centers else ""))
     opts = ev.EvalOptions(data=str(data), split=args.split, subgroups=args.subgroups, hd_units=args.hd_units,
                           threshold=args.threshold, resample_pred=args.resample_pred, workers=args.workers,
                           no_plots=args.no_plots, quiet=args.quiet, html=args.html)

@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="test", choices=("train", "test", "all"),
                    help="with --data: which split to predict (default test)")
     p.add_argument("--ids", help="only these patient ids (comma separated)")
+    p.add_argument("--centers", help="only the cases of these centers, e.g. NACT (with --split all: every case "
+                                     "of a held-out center)")
     p.add_argument("--output", help="output folder (default ./predictions/<run>)")
     p.add_argument("--overwrite", action="store_true", help="replace predictions made by other models or settings")
     p.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
@@ -130,7 +132,8 @@ def run(args) -> int:
     dist = Distributed.from_env()                 # torchrun: every rank predicts its share
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    cases = input_cases(args.data, args.input, args.split, ids=[i for i in (args.ids or "").split(",") if i] or None)
+    cases = input_cases(args.data, args.input, args.split, ids=[i for i in (args.ids or "").split(",") if i] or None,
+                        centers=[c.strip() for c in (args.centers or "").split(",") if c.strip()] or None)
     members = load_members(runs, args.ensemble, args.checkpoint, device)
     use_lcc = False if args.no_lcc else (True if args.lcc else lcc_helps(runs))
     settings = dataclasses.replace(settings0, lcc=use_lcc)

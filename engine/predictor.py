@@ -241,9 +241,11 @@ class Predictor:
         return {"errors": errors, "seconds_per_case": timings, "written": written}
 
 
-def input_cases(data: str | None = None, input: str | None = None, split: str = "test", ids=None) -> list:
+def input_cases(data: str | None = None, input: str | None = None, split: str = "test", ids=None,
+                centers=None) -> list:
     """The cases to predict: a dataset's split (``data``, default the phantom dataset), or every
-    case of ``input`` (a dataset root or a bare folder of case folders)."""
+    case of ``input`` (a dataset root or a bare folder of case folders); ``ids`` and ``centers``
+    narrow either."""
     from engine.runs import dataset_root
     if input:
         root = Path(input)
@@ -257,7 +259,7 @@ def input_cases(data: str | None = None, input: str | None = None, split: str = 
     else:
         cases = mamamia.load_dataset(dataset_root(data))
         split = split if any(c.split for c in cases) else None
-    cases = mamamia.select(cases, split=split, ids=ids)
+    cases = mamamia.select(cases, split=split, ids=ids, centers=centers)
     if not cases:
-        raise UserError("no cases to predict (check --data/--input, --split and --ids)")
+        raise UserError("no cases to predict (check --data/--input, --split, --ids and --centers)")
     return cases

@@ -440,3 +440,17 @@ def test_torchrun_shards_cases_and_merges_the_manifest(trained, tmp_path):
     man = json.loads((double / "predictions_manifest.json").read_text())
     assert set(man["files"]) == {n[:-7] for n in names} and man["settings"]["processes"] == 2
     assert not list(double.glob(".rank*")) and not (double / ".lock").exists()
+
+
+def test_centers_narrow_the_cases_to_predict_and_to_score(tmp_path, capsys):
+    import eval as evaluate
+    root = write_tiny_dataset(tmp_path / "ds", n=3)
+    assert [c.patient_id for c in P.input_cases(str(root), split="all", centers=["duke"])] == \
+        ["DUKE_000", "DUKE_001", "DUKE_002"]
+    assert [c.patient_id for c in P.input_cases(str(root), split="test", centers=["DUKE"])] == ["DUKE_002"]
+    with pytest.raises(UserError, match="--centers"):
+        P.input_cases(str(root), split="all", centers=["NACT"])
+    (tmp_path / "pred" / "pred_segmentations").mkdir(parents=True)
+    assert evaluate.main(["--pred", str(tmp_path / "pred"), "--data", str(root), "--split", "all",
+                          "--centers", "NACT", "--quiet"]) == 2
+    assert "of center(s) NACT" in capsys.readouterr().err
