@@ -3,7 +3,8 @@
 The phantom records, per case, what it added (``phantom_latents.csv`` of a dataset written by
 :mod:`data.phantom`): Rician noise sigma relative to the fat signal (``noise``), the realised
 largest inter-phase translation (``motion_max_mm``) and the motion scale it was drawn with
-(``motion_mm``), the phase-encode ghost amplitude (``ghost``) and the in-plane point-spread sigma
+(``motion_mm``), the Rician sigma in stored intensity units (``noise_sigma``, what the
+SNR's noise estimate should find), the phase-encode ghost amplitude (``ghost``) and the in-plane point-spread sigma
 (``psf_mm``). Each score of :mod:`data.quality` is compared with its cause by the Spearman rank
 correlation, over all cases and within each center (the within-center figure says whether a score
 finds the bad cases inside a center, not only the bad centers). A score that falls as its cause
@@ -20,6 +21,7 @@ LATENTS = "phantom_latents.csv"
 # score -> (cause column in the latents, sign: +1 when the score grows with the cause)
 CAUSES = {
     "snr": ("noise", -1),
+    "noise_sigma (estimate)": ("noise_sigma", 1),
     "motion": ("motion_max_mm", 1),
     "motion (drawn scale)": ("motion_mm", 1),
     "ghosting": ("ghost", 1),
