@@ -80,11 +80,11 @@ def validate(rows: list[dict], latents: dict[str, dict]) -> list[dict]:
 
 def format_table(result: list[dict]) -> str:
     centers = sorted({c for r in result for c in r["per_center"]})
-    head = f"{'score':<22}{'cause':<15}{'n':>5}{'rho':>8}{'aim':>6}{'within':>8}" + "".join(f"{c:>8}" for c in centers)
+    head = f"{'score':<24}{'cause':<15}{'n':>5}{'rho':>8}{'aim':>6}{'within':>8}" + "".join(f"{c:>8}" for c in centers)
     lines = [head]
     for r in result:
         aim = AIM.get(r["score"])
-        lines.append(f"{r['score']:<22}{r['cause']:<15}{r['n']:>5}{r['rho']:>8.3f}"
+        lines.append(f"{r['score']:<24}{r['cause']:<15}{r['n']:>5}{r['rho']:>8.3f}"
                      + (f"{aim:>6.1f}" if aim else f"{'':>6}") + f"{r['rho_within']:>8.3f}"
                      + "".join(f"{r['per_center'].get(c, float('nan')):>8.3f}" for c in centers))
     return "\n".join(lines)
