@@ -76,8 +76,10 @@ start of the pre-contrast scan, so the enhancement at each phase follows from th
 the kinetic model. Scanner (manufacturer, model, field strength) from the center's shares. Quality
 causes, log-normal per center and clipped to QUALITY_CLIP: Rician noise sigma (relative to fat),
 rigid motion scale (mm), ghost amplitude, in-plane point-spread sigma ``psf_mm``; ISPY1/ISPY2 have
-higher medians than DUKE/NACT, and lower contrast dose. The realised largest inter-phase
-translation is recorded by the renderer as ``motion_max_mm``. Small scale (default) keeps the
+higher medians than DUKE/NACT, and lower contrast dose. The latents record each cause
+(``noise``, ``noise_sigma`` = noise x gain in stored intensity units, ``motion_mm``, ``ghost``,
+``psf_mm``); the realised largest inter-phase translation is recorded by the renderer as
+``motion_max_mm``. Small scale (default) keeps the
 real spacings but crops the field of view (<= 120 mm per axis) and shrinks the body by 0.55;
 lesions keep their drawn size unless they do not fit the breast (at small scale most lesions
 above ~25 mm are shrunk to fit, so the rendered size saturates; ``rendered_diameter_mm`` records
@@ -126,7 +128,7 @@ DENSITY_CUTS = (-1.72, -0.40, 0.93)
 REFERENCE_TIMES, REFERENCE_INJECTION_S = (0, 180, 300, 420), 35.0
 INJECTION_S = (20.0, 50.0)   # contrast injection, seconds after the start of the pre-contrast scan
 # clipping of the log-normal quality causes (noise: sigma/fat signal; motion, psf: mm)
-QUALITY_CLIP = {"noise": (0.008, 0.12), "motion": (0.02, 3.0), "ghost": (0.001, 0.1), "psf": (0.2, 1.6)}
+QUALITY_CLIP = {"noise": (0.006, 0.15), "motion": (0.02, 3.0), "ghost": (0.002, 0.25), "psf": (0.2, 2.5)}
 MENO_LONG = {
     "pre": "pre (<6 months since LMP AND no prior bilateral ovariectomy AND not on estrogen replacement)",
     "peri": "peri (6-12 months since LMP AND no prior bilateral ovariectomy AND not on estrogen replacement)",
@@ -349,7 +351,7 @@ def draw_case(seed: int, center: str, k: int, patient_id: str, scale: str = "sma
         rim=round(lesion.rim, 4), spiculated=lesion.spiculated, n_foci=lesion.n_foci,
         n_satellites=lesion.n_satellites, bpe_ktrans=round(anat.bpe, 4),
         logit_det=round(logit, 4), p_pcr=round(pcr_probability(logit), 4), pcr=pcr,
-        noise=round(acq["noise"], 4), motion_mm=round(acq["motion"], 3), ghost=round(acq["ghost"], 4),
+        noise=round(acq["noise"], 4), noise_sigma=round(acq["noise"] * acq["gain"], 3), motion_mm=round(acq["motion"], 3), ghost=round(acq["ghost"], 4),
         psf_mm=round(acq["psf"], 3), injection_s=round(acq["injection_s"], 1), dose=round(acq["dose"], 3), fat_suppressed=acq["fat_sat"], flip_deg=round(acq["flip"], 2))
     clinical = dict(age=clin["age"], menopausal_status=clin["menopause_txt"],
                     breast_density=clin["density_txt"])

@@ -21,7 +21,10 @@ Facts the table follows (MAMA-MIA's per-center clinical and imaging table, 1,506
 
 The quality causes (noise, motion, ghost, point-spread) are log-normal per center, given as
 (median, sd of the log): the centers differ in median but overlap, so a per-case score can find
-bad cases in a good center and good ones in a bad center. The subtype mixes and pCR offsets per
+bad cases in a good center and good ones in a bad center. Ghost amplitudes are set so that a ghost
+is about as strong as the noise or stronger (weaker ones are not measurable); the point-spread
+reaches ~1 mm sigma in ISPY because their images are reconstructed on a finer grid than acquired
+(interpolated matrices), so the true resolution is coarser than the voxel. The subtype mixes and pCR offsets per
 center are the phantom's own choices that reproduce the pCR rates of :mod:`data.phantom_cases`.
 """
 from __future__ import annotations
@@ -76,7 +79,7 @@ CENTERS = {
         (0.5859, 0.6641, 0.7031, 0.7031, 0.7422, 0.8036), (1.0, 1.0, 1.1, 1.2), (448, 168), (120, 96, 64),
         {("SIEMENS", "Avanto", 1.5): 0.20, ("SIEMENS", "TrioTim", 3.0): 0.20, ("GE", "Signa HDxt", 1.5): 0.20,
          ("GE", "Signa HDxt", 3.0): 0.30, ("GE", "Optima MR450w", 1.5): 0.10}, (None,),
-        (0.022, 0.35), (0.18, 0.7), (0.007, 0.7), (0.4, 0.35), (0.95, 1.1), (10, 15), 0.1,
+        (0.022, 0.6), (0.18, 0.7), (0.02, 0.7), (0.5, 0.5), (0.95, 1.1), (10, 15), 0.1,
         (165, 210), 0.1, (210, 300), (110, 130), 0.05, 0.0, 0.2, 0.02,
         {"luminal": 0.60, "her2_enriched": 0.12, "her2_pure": 0.06, "triple_negative": 0.22}, -0.34, 0.1,
         {"white": 0.68, "black": 0.25, "asian": 0.03, "other": 0.02, None: 0.02}),
@@ -85,7 +88,7 @@ CENTERS = {
         (0.7031, 0.7813, 0.7813, 0.8594), (2.0, 2.2, 2.2, 2.4), (256, 60), (72, 96, 96),
         {("GE", "Signa Excite", 1.5): 0.67, ("SIEMENS", "Avanto", 1.5): 0.25, ("Philips", "Intera", 1.5): 0.08},
         ("Site AAA", "Site AAB", "Site AAC", "Site AAD"),
-        (0.04, 0.35), (0.6, 0.7), (0.025, 0.7), (0.8, 0.35), (0.7, 0.9), (8, 11), 0.3,
+        (0.04, 0.6), (0.6, 0.7), (0.07, 0.7), (1.1, 0.5), (0.7, 0.9), (8, 11), 0.3,
         (370, 420), 0.0, (370, 420), (310, 350), 1.0, 0.0, 0.0, 0.02,
         {"luminal": 0.40, "her2_enriched": 0.17, "her2_pure": 0.13, "triple_negative": 0.30}, -0.22, 0.3,
         _RACE_US),
@@ -97,7 +100,7 @@ CENTERS = {
          ("SIEMENS", "Skyra", 3.0): 0.10, ("Philips", "Achieva", 1.5): 0.08,
          ("Philips", "Ingenia", 3.0): 0.05},
         ("Site AAE", "Site AAF", "Site AAH", "Site AAI"),
-        (0.034, 0.35), (0.45, 0.7), (0.018, 0.7), (0.65, 0.35), (0.75, 0.95), (8, 11), 0.3,
+        (0.034, 0.6), (0.45, 0.7), (0.055, 0.7), (0.9, 0.5), (0.75, 0.95), (8, 11), 0.3,
         (110, 180), 0.0, (110, 180), (85, 95), 0.18, 0.6, 0.0, 0.02,
         {"luminal_a": 0.20, "luminal_b": 0.20, "her2_enriched": 0.13, "her2_pure": 0.10,
          "triple_negative": 0.37}, 0.0, 0.4, _RACE_US),
@@ -105,7 +108,7 @@ CENTERS = {
         "NACT", 4, 64, "sagittal", 0.0, {3: 58, 4: 6},
         (0.7031,), (2.0,), (256, 60), (72, 96, 96),
         {("GE", "Signa Excite", 1.5): 1.0}, (None,),
-        (0.024, 0.35), (0.2, 0.7), (0.008, 0.7), (0.45, 0.35), (0.95, 1.1), (10, 15), 0.0,
+        (0.024, 0.6), (0.2, 0.7), (0.022, 0.7), (0.55, 0.5), (0.95, 1.1), (10, 15), 0.0,
         (380, 600), 0.0, (380, 600), (340, 380), 1.0, 0.0, 0.0, 0.28,
         {"luminal": 0.55, "her2_enriched": 0.12, "her2_pure": 0.08, "triple_negative": 0.25}, -0.98, 0.2,
         {None: 1.0}),

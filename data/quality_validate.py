@@ -3,7 +3,8 @@
 The phantom records, per case, what it added (``phantom_latents.csv`` of a dataset written by
 :mod:`data.phantom`): Rician noise sigma relative to the fat signal (``noise``), the realised
 largest inter-phase translation (``motion_max_mm``) and the motion scale it was drawn with
-(``motion_mm``), the phase-encode ghost amplitude (``ghost``) and the in-plane point-spread sigma
+(``motion_mm``), the Rician sigma in stored intensity units (``noise_sigma``, what the
+SNR's noise estimate should find), the phase-encode ghost amplitude (``ghost``) and the in-plane point-spread sigma
 (``psf_mm``). Each score of :mod:`data.quality` is compared with its cause by the Spearman rank
 correlation, over all cases and within each center (the within-center figure says whether a score
 finds the bad cases inside a center, not only the bad centers). A score that falls as its cause
@@ -20,6 +21,7 @@ LATENTS = "phantom_latents.csv"
 # score -> (cause column in the latents, sign: +1 when the score grows with the cause)
 CAUSES = {
     "snr": ("noise", -1),
+    "noise_sigma (estimate)": ("noise_sigma", 1),
     "motion": ("motion_max_mm", 1),
     "motion (drawn scale)": ("motion_mm", 1),
     "ghosting": ("ghost", 1),
@@ -78,11 +80,11 @@ def validate(rows: list[dict], latents: dict[str, dict]) -> list[dict]:
 
 def format_table(result: list[dict]) -> str:
     centers = sorted({c for r in result for c in r["per_center"]})
-    head = f"{'score':<22}{'cause':<15}{'n':>5}{'rho':>8}{'aim':>6}{'within':>8}" + "".join(f"{c:>8}" for c in centers)
+    head = f"{'score':<24}{'cause':<15}{'n':>5}{'rho':>8}{'aim':>6}{'within':>8}" + "".join(f"{c:>8}" for c in centers)
     lines = [head]
     for r in result:
         aim = AIM.get(r["score"])
-        lines.append(f"{r['score']:<22}{r['cause']:<15}{r['n']:>5}{r['rho']:>8.3f}"
+        lines.append(f"{r['score']:<24}{r['cause']:<15}{r['n']:>5}{r['rho']:>8.3f}"
                      + (f"{aim:>6.1f}" if aim else f"{'':>6}") + f"{r['rho_within']:>8.3f}"
                      + "".join(f"{r['per_center'].get(c, float('nan')):>8.3f}" for c in centers))
     return "\n".join(lines)

@@ -52,6 +52,7 @@ def test_missing_latents_are_errors(tmp_path):
 
 
 def test_every_validated_score_exists():
-    assert {s.split(" ")[0] for s in qv.CAUSES} <= set(quality.SCORES)
+    assert {s.split(" ")[0] for s in qv.CAUSES} <= set(quality.SCORES) | {"noise_sigma"}
+    assert "noise_sigma" in quality.scores(np.ones((2, 8, 8, 8), np.float32), (1.0, 1.0, 1.0))
     assert np.all([qv.CAUSES[s][1] == (-1 if quality.DIRECTION[s] > 0 else 1) for s in ("snr", "motion",
                                                                                           "ghosting", "blur")])
