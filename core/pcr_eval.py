@@ -13,35 +13,15 @@ the paired difference after - before (``ece_delta_ci``) is the one calibration i
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from core.calibration import CALIBRATIONS, choose_calibration, choose_threshold, fit_temperature, nll, sigmoid
 from core.fairness import balanced_accuracy, calibration, roc_auc
+from core.stats import bootstrap_statistic as bootstrap_ci
 
 N_BOOT = 1000
-
-
-def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, y=None, n_boot: int = N_BOOT,
-                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of ``stat(idx)`` over ``n_boot`` resamples ``idx`` of ``range(n)``
-    with replacement; with ``y`` given, resamples holding a single class are skipped (balanced
-    accuracy and AUC are undefined there). (nan, nan) when nothing could be computed."""
-    rng = np.random.default_rng(seed)
-    vals = []
-    y = None if y is None else np.asarray(y).astype(int)
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        if y is not None and y[idx].min() == y[idx].max():
-            continue
-        v = stat(idx)
-        if np.isfinite(v):
-            vals.append(v)
-    if not vals:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def _ba(y, pred) -> float:

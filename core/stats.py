@@ -6,11 +6,14 @@ resample the n cases with replacement ``n_boot`` times, take the mean of each re
 the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of those means (numpy's default linear
 quantile). The paired version resamples the cases, not the two methods separately, so the
 case-to-case variation that both methods share cancels: it is the bootstrap of the per-case
-differences. Pure functions on arrays; the resampling comes from an explicit seed.
+differences. :func:`bootstrap_statistic` is the same percentile interval for any statistic of
+the resampled cases (balanced accuracy, AUC, ECE). Pure functions on arrays; the resampling comes
+from an explicit seed.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -64,3 +67,24 @@ def paired_difference(a, b, confidence: float = 0.95, n_boot: int = N_BOOT, seed
     else:
         p = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
     return {**out, "p": p}
+
+
+def bootstrap_statistic(stat: Callable[[np.ndarray], float], n: int, y=None, n_boot: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``stat(idx)`` over ``n_boot`` resamples ``idx`` of ``range(n)``
+    with replacement; with ``y`` given, resamples holding a single class are skipped (balanced
+    accuracy and AUC are undefined there). (nan, nan) when nothing could be computed."""
+    rng = np.random.default_rng(seed)
+    vals = []
+    y = None if y is None else np.asarray(y).astype(int)
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        if y is not None and y[idx].min() == y[idx].max():
+            continue
+        v = stat(idx)
+        if np.isfinite(v):
+            vals.append(v)
+    if not vals:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

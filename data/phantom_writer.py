@@ -24,7 +24,7 @@ from data.phantom_centers import CENTERS
 from data.phantom_render import Rendered, render_case
 
 
-PHANTOM_VERSION = 2     # bump when generated data change: a cached dataset of another version is regenerated
+PHANTOM_VERSION = 3     # bump when generated data change: a cached dataset of another version is regenerated
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
