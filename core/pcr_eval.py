@@ -24,16 +24,12 @@ from core.stats import bootstrap_statistic as bootstrap_ci
 N_BOOT = 1000
 
 
-def _ba(y, pred) -> float:
-    return float(np.mean([np.mean(pred[y == c] == c) for c in (0, 1) if np.any(y == c)]))
-
-
 def label_metrics(y, pred, score=None, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Balanced accuracy of 0/1 ``pred`` (and AUC of ``score`` when given) with bootstrap 95 %
     intervals: ``balanced_accuracy``, ``ba_ci``, ``auc``, ``auc_ci``."""
     y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
     out = {"balanced_accuracy": balanced_accuracy(y, pred),
-           "ba_ci": bootstrap_ci(lambda i: _ba(y[i], pred[i]), y.size, y, n_boot, seed)}
+           "ba_ci": bootstrap_ci(lambda i: balanced_accuracy(y[i], pred[i]), y.size, y, n_boot, seed)}
     if score is not None:
         s = np.asarray(score, np.float64)
         out["auc"] = roc_auc(y, s)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from data import io
+from data.clinical_table import COLUMNS, FILE_NAME, SHEET
 from data.phantom_cases import PhantomCase
 from data.phantom_centers import CENTERS
 from data.phantom_render import Rendered, render_case
@@ -32,13 +33,10 @@ MANIFEST = "phantom_manifest.json"
 LATENTS_CSV = "phantom_latents.csv"
 STAT_KEYS = ("rendered_diameter_mm", "tumour_ml", "necrotic_fraction", "tumour_voxels", "capped",
              "heart_voxels", "motion_max_mm")
-CLINICAL_XLSX = "clinical_and_imaging_info.xlsx"
-TABLE_SHEET = "dataset_info"
-# the real table's column names (the ones this phantom fills), then extra acquisition columns
-TABLE_COLUMNS = ("patient_id", "dataset", "site", "age", "menopause", "race", "breast_density", "hr", "er",
-                 "pr", "her2", "tumor_subtype", "nottingham_grade", "pcr", "bilateral_mri", "field_strength",
-                 "manufacturer", "scanner_model", "echo_time", "repetition_time", "acquisition_times",
-                 "num_phases", "pixel_spacing", "slice_thickness", "view", "fat_suppressed", "flip_angle")
+# the real table's file, sheet and column names (the reader's, data.clinical_table), then the
+# extra acquisition columns this phantom also fills
+CLINICAL_XLSX, TABLE_SHEET = FILE_NAME, SHEET
+TABLE_COLUMNS = COLUMNS + ("view", "fat_suppressed", "flip_angle")
 
 
 def case_record(pc: PhantomCase, rendered: Rendered) -> dict:
