@@ -56,7 +56,7 @@ from data.phantom_cases import (ANAT_SCALE, B0, B_SUBTYPE, BPE_KTRANS, CURVE_P, 
                                 LESION_SCALE, MENO_LONG, RECEPTORS, SCALES, SIZE_SHIFT, PhantomCase,
                                 draw_case, draw_cases, pcr_logit, pcr_probability, receptors)
 from data.phantom_centers import CENTERS, Center, allocate_centers, patient_ids  # noqa: F401
-from data.phantom_checks import (NAIVE_QUANTILES, NAIVE_VALUES, _dice, centers_table,  # noqa: F401
+from data.phantom_checks import (NAIVE_QUANTILES, NAIVE_VALUES, centers_table,  # noqa: F401
                                  dataset_subtractions, naive_threshold_dice, save_preview,
                                  texture_by_center)
 from data.workers import process_map

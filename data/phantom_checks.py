@@ -11,27 +11,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from core.metrics import dice
+from core.postprocess import largest_component
 from data import io
 from data.phantom_cases import draw_cases
 from data.phantom_centers import CENTERS
 from data.phantom_kinetics import LABELS
 from data.phantom_render import render_case
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    """2TP / (2TP + FP + FN); both empty -> 0 (official MAMA-MIA rule, scoring_task1.py)."""
-    tp = int(np.count_nonzero(a & b))
-    denom = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 2.0 * tp / denom if denom else 0.0
-
-
-def _largest_component(binary: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(binary, structure=np.ones((3, 3, 3), bool))   # 26-connectivity
-    if n == 0:
-        return binary
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(sizes.argmax())
 
 
 NAIVE_QUANTILES = (0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
@@ -52,9 +38,9 @@ def naive_threshold_dice(pairs, quantiles=NAIVE_QUANTILES, values=NAIVE_VALUES) 
     cands = {}
     per_q = [np.quantile(s, quantiles) for s, _ in pairs]
     for j, q in enumerate(quantiles):
-        cands[f"q{q}"] = [_dice(_largest_component(s > per_q[i][j]), m) for i, (s, m) in enumerate(pairs)]
+        cands[f"q{q}"] = [dice(largest_component(s > per_q[i][j]), m) for i, (s, m) in enumerate(pairs)]
     for v in values:
-        cands[f"v{v:g}"] = [_dice(_largest_component(s > v), m) for s, m in pairs]
+        cands[f"v{v:g}"] = [dice(largest_component(s > v), m) for s, m in pairs]
     means = {k: float(np.mean(d)) for k, d in cands.items()}
     best = max(means, key=means.get)
     return dict(dice=means[best], threshold=best, per_case=cands[best], candidates=means)

@@ -14,6 +14,7 @@ import pytest
 from data import mamamia
 from data import phantom
 from data import phantom_anatomy as pa
+from data import phantom_checks
 
 N_CASES, SEED = 12, 0
 
@@ -305,7 +306,7 @@ def test_naive_threshold_rule():
     sub[10:18, 10:18, 10:18] = 50                                  # bigger, weaker bait
     res = phantom.naive_threshold_dice([(sub, mask)], quantiles=(), values=(25.0, 75.0))
     assert res["candidates"] == {"v25": 0.0, "v75": 1.0} and res["threshold"] == "v75"
-    assert phantom._dice(np.zeros(3, bool), np.zeros(3, bool)) == 0.0   # both empty -> 0
+    assert phantom_checks.dice(np.zeros(3, bool), np.zeros(3, bool)) == 0.0   # both empty -> 0
 
 
 def test_hardness_of_naive_threshold(ds):
