@@ -5,7 +5,7 @@ number of folds, the network size and the inference passes, per budget.
   file may ask for two, e.g. to have a best fold to pick), no flip TTA, no plots. The numbers
   mean nothing; it shows that every step runs and the tables are written.
 - ``cpu``: an afternoon on a 2-core CPU with a 200-case small phantom: 10 epochs of 25
-  iterations, one fold, flips on one axis, and a 32 x 32 x 32 patch for networks trained from
+  iterations, one fold, no flip TTA, and a 32 x 32 x 32 patch for networks trained from
   scratch. Measured here: the CPU plan's U-Net step at its own 64 x 64 x 48 patch takes ~2.5 s on
   two idle cores, at 48 x 48 x 32 ~1 s; with augmentation, validation and other work sharing the
   cores a 250-iteration training took ~20 minutes at 48 x 48 x 32, so only the smallest patch
@@ -29,7 +29,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
               "min_cases": 5},
     "cpu": {"train": {"epochs": 10, "iters": 25, "val_iters": 4},
             "network": {"set": ["patch_size=32,32,32"]},
-            "folds": 1, "infer": {"tta_axes": "0"}, "eval": {}, "min_cases": 5},
+            "folds": 1, "infer": {"no_tta": True}, "eval": {}, "min_cases": 5},
     "gpu": {"train": {}, "network": {}, "folds": 5, "infer": {}, "eval": {}, "min_cases": 5},
 }
 
