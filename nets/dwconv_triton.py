@@ -10,34 +10,42 @@ kernel accumulates in float32 and writes the input's dtype. Anything else goes t
 
 Algorithm (direct convolution, no im2col, no atomics, deterministic):
 
-* **Forward** (``_fwd``): one program per (batch, channel, output depth) and per 2D tile of
-  ``BH x BW`` output voxels (W innermost, so loads and stores are coalesced along W). The K^3
-  taps are unrolled at compile time (``tl.static_range``); each tap loads the shifted input tile
-  under a bounds mask (the zero padding is the mask's ``other=0``, never materialised) and
-  adds ``x * w[tap]`` to a float32 tile. The K^3 shifted tiles of one program overlap, so after
-  the first they mostly come from L1/L2. Bias is added once at the end.
-* **Input gradient** (``_bwd_x``): the transposed convolution written as a gather, one program
-  per (batch, channel, input depth) and 2D input tile: input voxel ``i`` receives
+* **Tiling.** A program owns one ``(batch, channel)`` volume and ``BLOCK`` consecutive voxels of
+  it in memory order (flat index split into ``(d, h, w)`` once per program), so loads and stores
+  run along W and are coalesced, and no program idles on a partial 2D tile of a small level
+  (8^3 at MedNeXt's bottleneck). The K taps along W are handled together: every load is a
+  ``[KWP, BLOCK]`` tile (``KWP`` = next power of two >= K, extra lanes masked) of the K shifted
+  rows, multiplied by the K weights of that row. ``kh`` is unrolled (``tl.static_range``), ``kd``
+  is a loop: K^2 unrolled steps kept every address and mask live and spilled registers from
+  K = 5 on (ptxas, sm_90); ``KWP x BLOCK`` = 1024 accumulators per program for the same reason.
+  Zero padding is the load mask's ``other=0``, never materialised. The shifted tiles of one
+  program overlap, so after the first they mostly come from L1/L2.
+* **Forward** (``_fwd``): ``acc[kw, v] += x[v shifted by (kd, kh, kw)] * w[kd, kh, kw]`` over
+  ``kd``, ``kh``; then the sum over ``kw`` and the bias, cast to the output dtype.
+* **Input gradient** (``_bwd_x``): the transposed convolution written as a gather (one program
+  per block of input voxels, no scatter, no atomics): input voxel ``i`` receives
   ``g[o] * w[k]`` for every tap with ``i + P - k = o * S``, ``0 <= o < O``. For stride 1 this is
   the forward with the flipped kernel; for stride 2 the divisibility test is part of the mask
-  (half the taps per axis are masked out: simple, and only the four down blocks use it).
+  (about 7/8 of the taps are masked out in 3D: simple, and only the four down blocks use it).
 * **Weight gradient** (``_bwd_w``): ``dw[c, kd, kh, kw] = sum_{b, o} g[b, c, o] x[b, c, o*S - P + k]``,
-  a reduction over batch and all output voxels. One program per (channel, ``(kd, kh)`` tap row,
-  split); all K ``kw`` taps of the row are carried at once in a ``[KWP, BH, BW]`` float32
-  accumulator (``KWP`` = next power of two >= K, the extra lanes masked), over a strided loop
-  through the split's share of the ``(b, od, tile)`` tiles. Only at the end is the accumulator
-  summed over the tile axes, and each program writes its K partial sums to a float32 buffer
-  ``[C, K*K, splits, KWP]``; the host sums the split axis (``torch.sum``, fixed order: results
-  are reproducible run to run). Programs of the same channel and split differ only in the tap
-  row and run side by side (tap row is the fastest grid axis), so they read the same ``g`` and
-  ``x`` tiles from L2. The number of splits is chosen to give the GPU a few thousand programs.
+  a reduction over batch and all output voxels. One program per (tap row ``(kd, kh)``, channel,
+  split) carries the K ``kw`` taps in a ``[KWP, BLOCK]`` float32 accumulator through a strided
+  loop over its split's share of the ``(batch, block)`` items; only at the end is it summed over
+  the block, and each program writes its K partial sums to a float32 buffer
+  ``[C, K*K, splits, KWP]``, which the host sums over the splits (``torch.sum``: a fixed order,
+  so results are reproducible run to run). The tap row is the fastest grid axis, so the K^2
+  programs of one channel and split run side by side and read the same ``g`` and ``x`` blocks
+  from L2. Splits: enough for ~16 programs per SM.
 * **Bias gradient**: ``g.sum((0, 2, 3, 4), dtype=float32)`` in PyTorch.
+* **Precision**: loads are converted to float32, products and sums are float32 (FMA), the
+  result is cast once to the input dtype (the weight gradient to the weight's dtype).
 
 Dispatch (:func:`depthwise_conv3d`): on a CUDA tensor of a supported layout the mode decides,
 ``MAMAMIA_DWCONV=auto|aten|triton`` in the environment or :func:`set_mode` (default ``auto``).
 ``auto`` times both implementations once per (device, shape, dtype, K, stride, padding,
-forward-only or forward+backward) on random tensors of that shape (median of a few CUDA-event
-timed runs) and keeps the faster in a dict; the choices are also written to a JSON file
+forward-only or forward+backward) on random tensors of that shape (median of 5 synchronised
+runs after 2 warm-ups, the first of which compiles the kernels; a side that raises, e.g. out of
+memory, loses) and keeps the faster in a dict; the choices are also written to a JSON file
 (``$MAMAMIA_DWCONV_CACHE``, default ``~/.cache/mamamia-torch/dwconv_dispatch.json``; ``off``
 disables it) and read back by the next process. ``triton`` uses the kernels wherever they
 apply; ``aten`` never. CPU tensors always use ``F.conv3d``, except under Triton's interpreter
@@ -131,7 +139,8 @@ def _kernels(interpret: bool):
         x_base = x_ptr + bc.to(tl.int64) * D * H * W
         w_base = w_ptr + c * (K * K * K) + kw
         acc = tl.zeros([KWP, BLOCK], dtype=tl.float32)
-        for kd in tl.static_range(K):
+        for kd in range(K):  # a loop, not unrolled: K unrolled kh taps are enough to keep the
+            # loads in flight, K^2 would keep their addresses and masks live (register spills)
             idd = od * S - P + kd
             d_ok = w_ok & (idd >= 0) & (idd < D)
             for kh in tl.static_range(K):
@@ -163,7 +172,8 @@ def _kernels(interpret: bool):
         g_base = g_ptr + bc.to(tl.int64) * OD * OH * OW
         w_base = w_ptr + c * (K * K * K) + kw
         acc = tl.zeros([KWP, BLOCK], dtype=tl.float32)
-        for kd in tl.static_range(K):
+        for kd in range(K):  # a loop, not unrolled: K unrolled kh taps are enough to keep the
+            # loads in flight, K^2 would keep their addresses and masks live (register spills)
             td = idd + P - kd
             od = td // S
             d_ok = w_ok & (td >= 0) & (td % S == 0) & (od < OD)
@@ -216,10 +226,17 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+# KWP x BLOCK accumulators per program. 1024 on the GPU: ptxas (sm_90, bf16) then gives the
+# forward 94 / 120 / 138 registers for K = 3 / 5 / 7 and no spills, where 2048 spilled from K = 5
+# on. The interpreter's time grows with the number of operations, not their size: larger blocks.
+BLOCK_ELEMENTS = 1024
+BLOCK_ELEMENTS_INTERPRETER = 4096
+
+
 def _block(voxels: int, kwp: int) -> int:
-    """Voxels per program: ``KWP x BLOCK`` = 2048 float32 accumulators (16 registers a thread
-    at 4 warps), fewer for a small volume."""
-    return max(16, min(_next_pow2(voxels), 2048 // kwp))
+    """Voxels per program (a power of two, fewer for a small volume)."""
+    elements = BLOCK_ELEMENTS_INTERPRETER if interpreting() else BLOCK_ELEMENTS
+    return max(16, min(_next_pow2(voxels), elements // kwp))
 
 
 def _out(n: int, k: int, s: int, p: int) -> int:
@@ -536,4 +553,5 @@ def depthwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if dtype is None:
         return DepthwiseConv3dTriton.apply(x, weight, bias, s, p)
     with torch.autocast("cuda", enabled=False):
-        return DepthwiseConv3dTriton.apply(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), s, p)
+        bias = None if bias is None else bias.to(dtype)
+        return DepthwiseConv3dTriton.apply(x.to(dtype), weight.to(dtype), bias, s, p)

@@ -109,17 +109,20 @@ def test_a_flipped_kernel_is_detected():
     assert_matches((dt.conv3d_forward(dev(x), dev(w), None, 1, 1).cpu(),), expected)
 
 
-def test_weight_gradient_splits_add_up():
-    """The weight gradient is the same whether one program or several (uneven shares of the
-    (batch, block) items) reduce each tap row."""
+def test_several_blocks_and_weight_gradient_splits(monkeypatch):
+    """A volume over several programs' blocks (the GPU's block size), and a weight gradient
+    reduced by one program or by several with uneven shares of the (batch, block) items."""
+    monkeypatch.setattr(dt, "BLOCK_ELEMENTS_INTERPRETER", dt.BLOCK_ELEMENTS)
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 2, 9, 9, 9, generator=g)  # 729 voxels: 3 blocks of 256 per batch item
+    x = torch.randn(2, 2, 9, 9, 9, generator=g)  # 729 voxels: 3 blocks of 256 (k = 3)
     grad_out = torch.randn(2, 2, 9, 9, 9, generator=g)
     w = torch.randn(2, 1, 3, 3, 3, generator=g)
-    expected = reference(x, w, None, 1, 1, grad_out)[2]
-    for splits in (1, 4):
+    assert dt._block(729, 4) == 256
+    expected = reference(x, w, None, 1, 1, grad_out)
+    assert_matches(triton_run(x, w, None, 1, 1, grad_out), expected)
+    for splits in (1, 4):  # 6 items: 1 program takes all 6, or 4 programs take 2, 2, 1, 1
         got = dt.conv3d_grad_weight(dev(grad_out), dev(x), 3, 1, 1, splits=splits).cpu()
-        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+        assert_matches((got,), expected[2:])
 
 
 def test_bfloat16_accumulates_in_float32_and_returns_bfloat16():
@@ -164,7 +167,8 @@ def test_cpu_without_interpreter_is_exactly_conv3d(monkeypatch):
                                   "channel_multiplier"])
 def test_unsupported_calls_fall_back_to_conv3d(what):
     dt.set_mode("triton")
-    x, w, b = _conv_inputs(k=4 if what == "even_kernel" else 3, dtype=torch.float64 if what == "float64" else torch.float32)
+    dtype = torch.float64 if what == "float64" else torch.float32
+    x, w, b = _conv_inputs(k=4 if what == "even_kernel" else 3, dtype=dtype)
     stride, padding = (3 if what == "stride_3" else 1), ((1, 0, 1) if what == "mixed_padding" else 1)
     if what == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -282,6 +286,57 @@ def test_default_cache_path(monkeypatch, tmp_path):
     monkeypatch.delenv(dt.ENV_CACHE)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert dt.default_cache_path() == tmp_path / "mamamia-torch" / "dwconv_dispatch.json"
+
+
+# ---- compiled for the GPU (no GPU needed) -------------------------------------------------------
+
+COMPILE_CHECK = textwrap.dedent("""
+    import sys
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from nets import dwconv_triton as dt
+
+    assert not dt.interpreting()
+    fwd, bwd_x, bwd_w = dt._kernels(False)
+    i, P = "i32", "*" + sys.argv[1]
+    shape = dict(C=i, D=i, H=i, W=i, OD=i, OH=i, OW=i)
+    for k in map(int, sys.argv[2].split(",")):
+        for s in map(int, sys.argv[3].split(",")):
+            kwp = dt._next_pow2(k)
+            const = dict(K=k, S=s, P=k // 2, KWP=kwp, BLOCK=dt._block(128 ** 3, kwp))
+            for fn, sig, extra in [
+                    (fwd, dict(x_ptr=P, w_ptr=P, b_ptr=P, y_ptr=P, **shape), dict(HAS_BIAS=True)),
+                    (bwd_x, dict(g_ptr=P, w_ptr=P, gx_ptr=P, **shape), {}),
+                    (bwd_w, dict(x_ptr=P, g_ptr=P, part_ptr="*fp32", **shape, NBLOCKS=i, TOTAL=i, NSPLIT=i), {})]:
+                src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs={**const, **extra})
+                compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))  # H100
+                assert compiled.asm["cubin"], (k, s, fn)
+    print("compiled")
+""")
+
+
+def _compile_for_sm90(tmp_path, dtype: str, kernels: str, strides: str):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9's default, stated to silence its warning
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, leave the user's cache alone
+    run = subprocess.run([sys.executable, "-c", COMPILE_CHECK, dtype, kernels, strides], env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0 and "compiled" in run.stdout, run.stderr[-4000:]
+
+
+def test_kernels_compile_for_h100(tmp_path):
+    """The interpreter accepts code the compiler rejects (and the reverse): the kernels must also
+    go through Triton's compiler down to an sm_90 cubin, which needs no GPU. k = 3, stride 2
+    here (stride 1 is the same code with S = 1); every kernel size, stride and dtype in the slow
+    test (~1 minute per dtype)."""
+    _compile_for_sm90(tmp_path, "bf16", "3", "2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_all_kernels_compile_for_h100(tmp_path, dtype):
+    _compile_for_sm90(tmp_path, dtype, "3,5,7", "1,2")
 
 
 # ---- CUDA ---------------------------------------------------------------------------------------
