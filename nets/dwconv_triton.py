@@ -55,6 +55,7 @@ optional (``pip install .[triton]``): without it everything is ``F.conv3d``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -75,6 +76,7 @@ MODES = ("auto", "aten", "triton")
 ENV_MODE = "MAMAMIA_DWCONV"
 ENV_CACHE = "MAMAMIA_DWCONV_CACHE"
 KERNELS = (3, 5, 7)
+MAX_GRID_Y = 65535  # CUDA's limit on the 2nd and 3rd grid axes
 STRIDES = (1, 2)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -285,6 +287,10 @@ def unsupported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return "input is not contiguous (channels_last_3d or a strided view)"
     if min(_out(n, k, s, p) for n in x.shape[2:]) < 1:
         return f"input {tuple(x.shape[2:])} is smaller than the kernel"
+    if x.shape[0] * c > MAX_GRID_Y:
+        return f"{x.shape[0]} x {c} (batch, channel) volumes exceed the grid's {MAX_GRID_Y}"
+    if math.prod(x.shape[2:]) >= 2 ** 31:
+        return "a volume of 2^31 voxels or more (int32 indices inside a volume)"
     return None
 
 
@@ -341,7 +347,7 @@ def conv3d_grad_weight(grad_out: torch.Tensor, x: torch.Tensor, kernel: int, str
     total = b * nblocks
     if splits is None:
         splits = math.ceil(_target_programs(x.device) / (k * k * c))
-    splits = max(1, min(int(splits), total, 65535))  # 65535: CUDA's limit on the grid's 3rd axis
+    splits = max(1, min(int(splits), total, MAX_GRID_Y))
     part = torch.empty((c, k * k, splits, kwp), dtype=torch.float32, device=x.device)
     bwd_w[(k * k, c, splits)](x, grad_out, part, c, d, h, w, od, oh, ow, nblocks, total, splits,
                               K=k, S=stride, P=padding, KWP=kwp, BLOCK=block)
@@ -357,7 +363,8 @@ class DepthwiseConv3dTriton(torch.autograd.Function):
         x, weight = x.contiguous(), weight.contiguous()
         ctx.save_for_backward(x, weight)
         ctx.conf = (stride, padding, bias is not None)
-        return conv3d_forward(x, weight, None if bias is None else bias.contiguous(), stride, padding)
+        with _on(x.device):
+            return conv3d_forward(x, weight, None if bias is None else bias.contiguous(), stride, padding)
 
     @staticmethod
     @once_differentiable
@@ -366,13 +373,19 @@ class DepthwiseConv3dTriton(torch.autograd.Function):
         stride, padding, has_bias = ctx.conf
         grad_out = grad_out.contiguous()
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = conv3d_grad_input(grad_out, weight, x.shape, stride, padding)
-        if ctx.needs_input_grad[1]:
-            gw = conv3d_grad_weight(grad_out, x, weight.shape[-1], stride, padding).to(weight.dtype)
+        with _on(x.device):
+            if ctx.needs_input_grad[0]:
+                gx = conv3d_grad_input(grad_out, weight, x.shape, stride, padding)
+            if ctx.needs_input_grad[1]:
+                gw = conv3d_grad_weight(grad_out, x, weight.shape[-1], stride, padding).to(weight.dtype)
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad_out.sum((0, 2, 3, 4), dtype=torch.float32).to(grad_out.dtype)
         return gx, gw, gb, None, None
+
+
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def dwconv3d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -475,6 +488,8 @@ class Dispatcher:
             self._load()
         if key in self.choices:
             return self.choices[key]
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            return "aten"  # no timing inside a CUDA graph capture; measured on a later call
         seconds = {}
         for name, fn in candidates().items():
             try:
@@ -545,8 +560,8 @@ def depthwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     :func:`backend_for` picks them (CUDA, supported shape, mode), else by ``F.conv3d`` itself.
     Under CUDA autocast the Triton path casts to autocast's dtype, as ``F.conv3d`` would."""
     dtype = None
-    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda") and x.is_floating_point():
-        dtype = torch.get_autocast_dtype("cuda")
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda") and x.dtype in DTYPES and weight.dtype in DTYPES:
+        dtype = torch.get_autocast_dtype("cuda")  # what autocast casts F.conv3d's arguments to
     if backend_for(x, weight, bias, stride, padding, dtype) == "aten":
         return _aten(x, weight, bias, stride, padding)
     s, p = _scalar(stride), _scalar(padding)

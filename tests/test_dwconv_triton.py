@@ -164,7 +164,7 @@ def test_cpu_without_interpreter_is_exactly_conv3d(monkeypatch):
 
 
 @pytest.mark.parametrize("what", ["channels_last", "even_kernel", "stride_3", "float64", "mixed_padding",
-                                  "channel_multiplier"])
+                                  "channel_multiplier", "too_many_volumes"])
 def test_unsupported_calls_fall_back_to_conv3d(what):
     dt.set_mode("triton")
     dtype = torch.float64 if what == "float64" else torch.float32
@@ -172,6 +172,8 @@ def test_unsupported_calls_fall_back_to_conv3d(what):
     stride, padding = (3 if what == "stride_3" else 1), ((1, 0, 1) if what == "mixed_padding" else 1)
     if what == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last_3d)
+    if what == "too_many_volumes":  # B x C programs on the grid's 2nd axis, at most 65535
+        x, w, b = torch.zeros(2, 32768, 1, 1, 1, device=DEVICE), torch.zeros(32768, 1, 3, 3, 3, device=DEVICE), None
     if what == "channel_multiplier":  # 2 output channels per input channel
         w, b = torch.cat([w, w.flip(2)]), torch.cat([b, b])
     reason = dt.unsupported(x, w, b, stride, padding)
@@ -350,6 +352,7 @@ GPU_CHECK = textwrap.dedent("""
         return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
     torch.manual_seed(0)
+    torch.backends.cudnn.allow_tf32 = False  # a float32 reference, not TF32
     # MedNeXt-M shapes at a 128^3 patch, batch 2, bf16 (same blocks and the down blocks' stride 2)
     for shape, k, s in [((2, 32, 64, 64, 64), 3, 1), ((2, 64, 32, 32, 32), 5, 1), ((2, 128, 16, 16, 16), 7, 1),
                         ((2, 32, 64, 64, 64), 3, 2), ((2, 256, 8, 8, 8), 5, 2)]:
