@@ -73,28 +73,31 @@ def assert_matches(actual, expected, rtol=1e-5):
         torch.testing.assert_close(a.double(), e, rtol=rtol, atol=rtol * float(e.abs().max()), msg=name)
 
 
-# Every kernel size with both strides and with and without bias; k7 on fewer channels (the
-# interpreter's time grows with programs x K^2).
-CASES = [  # (k, stride, bias, (B, C, D, H, W))
-    (3, 1, True, (2, 3, 5, 7, 6)),
-    (3, 2, False, (2, 3, 5, 7, 6)),
-    (5, 1, False, (2, 3, 5, 7, 6)),
-    (5, 2, True, (2, 3, 5, 7, 6)),
-    (7, 1, True, (1, 2, 5, 7, 6)),
-    (7, 2, False, (1, 2, 5, 7, 6)),
+# Every kernel size with both strides and with and without bias, at MedNeXt's padding k // 2; k7
+# on fewer channels (the interpreter's time grows with programs x K^2); two other paddings (the
+# kernels take any 0 <= P < K).
+CASES = [  # (k, stride, padding, bias, (B, C, D, H, W))
+    (3, 1, 1, True, (2, 3, 5, 7, 6)),
+    (3, 2, 1, False, (2, 3, 5, 7, 6)),
+    (5, 1, 2, False, (2, 3, 5, 7, 6)),
+    (5, 2, 2, True, (2, 3, 5, 7, 6)),
+    (7, 1, 3, True, (1, 2, 5, 7, 6)),
+    (7, 2, 3, False, (1, 2, 5, 7, 6)),
+    (3, 2, 0, True, (1, 2, 5, 7, 6)),
+    (5, 1, 4, False, (1, 2, 5, 7, 6)),
 ]
 
 
-@pytest.mark.parametrize("k, stride, bias, shape", CASES)
-def test_forward_and_gradients_match_conv3d(k, stride, bias, shape):
+@pytest.mark.parametrize("k, stride, padding, bias, shape", CASES)
+def test_forward_and_gradients_match_conv3d(k, stride, padding, bias, shape):
     g = torch.Generator().manual_seed(k * 10 + stride)
     c = shape[1]
     x = torch.randn(shape, generator=g)
     w = torch.randn(c, 1, k, k, k, generator=g)
     b = torch.randn(c, generator=g) if bias else None
-    out = [(n + 2 * (k // 2) - k) // stride + 1 for n in shape[2:]]
+    out = [(n + 2 * padding - k) // stride + 1 for n in shape[2:]]
     grad_out = torch.randn(shape[0], c, *out, generator=g)
-    assert_matches(triton_run(x, w, b, stride, k // 2, grad_out), reference(x, w, b, stride, k // 2, grad_out))
+    assert_matches(triton_run(x, w, b, stride, padding, grad_out), reference(x, w, b, stride, padding, grad_out))
 
 
 def test_a_flipped_kernel_is_detected():
