@@ -410,14 +410,44 @@ def _key(x: torch.Tensor, dtype: torch.dtype, k: int, stride: int, padding: int,
             f"|k{k}|s{stride}|p{padding}|{'fwd+bwd' if backward else 'fwd'}")
 
 
+# relative agreement (max |difference| / max |reference|) a candidate must reach against ATen on
+# its first timed run: fp32 accumulation in both, so the gap is the output dtype's rounding
+AGREEMENT = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+class DisagreementError(RuntimeError):
+    """A kernel's results differ from ATen's on the same tensors: it must not be chosen."""
+
+
+def _check_agreement(name: str, got, ref, dtype) -> None:
+    tol = AGREEMENT.get(dtype, 1e-4)
+    for g, r in zip(got, ref):
+        scale = float(r.detach().abs().max()) or 1.0
+        err = float((g.detach().float() - r.detach().float()).abs().max()) / scale
+        if not err <= tol:
+            raise DisagreementError(f"{name} differs from ATen by {err:.2e} (relative; allowed {tol:g})")
+
+
 def _candidates(x, weight, bias, dtype, stride, padding, backward):
-    """Closures running each implementation once on random tensors of the call's shape."""
-    def make(impl):
+    """Closures running each implementation once on random tensors of the call's shape. Each
+    non-ATen candidate is compared with ATen's results on its first run and raises
+    :class:`DisagreementError` (so it loses the choice) when they differ beyond rounding."""
+    ref: list = []
+
+    def make(name, impl):
+        checked = [name == "aten"]
+
         def run():
             with torch.enable_grad() if backward else torch.no_grad(), torch.autocast(x.device.type, enabled=False):
                 y = impl(xr, wr, br, stride, padding)
+                out = [y]
                 if backward:
-                    torch.autograd.grad(y, [t for t in (xr, wr, br) if t is not None], gr)
+                    out += list(torch.autograd.grad(y, [t for t in (xr, wr, br) if t is not None], gr))
+            if name == "aten" and not ref:
+                ref.extend(out)
+            elif not checked[0]:
+                _check_agreement(name, out, ref, dtype)
+                checked[0] = True
         return run
 
     def rand(t):
@@ -426,7 +456,7 @@ def _candidates(x, weight, bias, dtype, stride, padding, backward):
     xr, wr, br = rand(x), rand(weight), rand(bias)
     k = weight.shape[-1]
     gr = torch.randn((*x.shape[:2], *(_out(n, k, stride, padding) for n in x.shape[2:])), dtype=dtype, device=x.device)
-    return {"aten": make(_aten), "triton": make(DepthwiseConv3dTriton.apply)}
+    return {"aten": make("aten", _aten), "triton": make("triton", DepthwiseConv3dTriton.apply)}
 
 
 def backend_for(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,

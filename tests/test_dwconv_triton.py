@@ -283,6 +283,31 @@ def test_auto_mode_times_both_once_per_shape_and_grad_mode(monkeypatch, tmp_path
     assert len(timer.calls) == 4 and any(k.endswith("|fwd") for k in dt.DISPATCH.choices)
 
 
+def test_auto_mode_never_picks_a_kernel_that_disagrees_with_aten(monkeypatch, tmp_path):
+    class Wrong(torch.autograd.Function):       # fast but wrong: the kernel's output, shifted
+        @staticmethod
+        def forward(ctx, x, w, b, s, p):
+            return F.conv3d(x, w, b, s, p, groups=x.shape[1]) + 0.5
+
+        @staticmethod
+        def backward(ctx, g):
+            return None, None, None, None, None
+
+    timer = FakeTimer({"aten": 3e-3, "triton": 1e-3})
+    monkeypatch.setattr(dt, "DISPATCH", dt.Dispatcher(timer, tmp_path / "d.json"))
+    monkeypatch.setattr(dt, "DepthwiseConv3dTriton", Wrong)
+    dt.set_mode("auto")
+    g = torch.Generator().manual_seed(6)
+    x, w = dev(torch.randn(1, 2, 4, 5, 3, generator=g)), dev(torch.randn(2, 1, 3, 3, 3, generator=g))
+    with torch.no_grad():
+        y = dt.depthwise_conv3d(x, w, None, 1, 1)
+    assert list(dt.DISPATCH.choices.values()) == ["aten"]     # faster, but disagreeing: not chosen
+    torch.testing.assert_close(y, F.conv3d(x, w, None, 1, 1, groups=2))
+    with pytest.raises(dt.DisagreementError, match="relative"):
+        dt._check_agreement("triton", [torch.ones(3) * 1.1], [torch.ones(3)], torch.float32)
+    dt._check_agreement("triton", [torch.ones(3) * (1 + 1e-6)], [torch.ones(3)], torch.float32)
+
+
 def test_default_cache_path(monkeypatch, tmp_path):
     monkeypatch.setenv(dt.ENV_CACHE, "off")
     assert dt.default_cache_path() is None
