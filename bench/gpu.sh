@@ -4,6 +4,9 @@
 #   bench/gpu.sh tests      # the GPU-marked tests (CUDA + AMP training, resume, inference, loader)
 #   bench/gpu.sh step       # one training step, MedNeXt-M kernel 3 and 5, 128^3, batch 2, bf16:
 #                           # ours (channels_last_3d and contiguous) vs MONAI's MedNeXt, equal math
+#   bench/gpu.sh dwconv     # depthwise convolutions of MedNeXt-M (128^3, batch 2, bf16, k3 and k5),
+#                           # forward + backward: the Triton kernels (nets/dwconv_triton.py) vs cuDNN,
+#                           # one JSON line per shape (needs the triton extra: pip install .[triton])
 #   bench/gpu.sh pipeline   # full-scale phantom: train.py step time with data loading (MedNeXt-M k3,
 #                           # 128^3), 5 folds of MedNeXt-M k5, then infer.py with 8-flip TTA and the
 #                           # 5-fold ensemble on a DUKE-like case (time per case vs the 5-minute budget)
@@ -28,6 +31,9 @@ step)
         $PY bench/train_step.py --device cuda --amp --net mednext --size M --mednext-channels 32 \
             --mednext-patch 128 --batch 2 --kernel "$k" --repeats 10 2>&1 | tee "$LOGS/step_k$k.log"
     done
+    ;;
+dwconv)
+    $PY bench/dwconv.py --kernels 3,5 --batch 2 --patch 128 --dtype bf16 2>&1 | tee "$LOGS/dwconv.log"
     ;;
 pipeline)
     data=$WORK/phantom_full_n$CASES
@@ -59,7 +65,7 @@ EOF
     cp "$WORK/pred/predictions_manifest.json" "$LOGS/infer_manifest.json"
     ;;
 *)
-    echo "unknown stage $stage (tests, step, pipeline)" >&2
+    echo "unknown stage $stage (tests, step, dwconv, pipeline)" >&2
     exit 2
     ;;
 esac

@@ -7,7 +7,8 @@ Two families live here:
 * the MedNeXt v1 blocks (Roy et al., "MedNeXt: Transformer-driven Scaling of ConvNets for Medical
   Image Segmentation", MICCAI 2023): a ConvNeXt-style residual block with a depthwise k^3
   convolution, and its strided (down) and transposed (up) variants, built from drop-in
-  ``nn.Conv3d`` subclasses with faster CPU paths (``DepthwiseConv3d``, ``PointwiseConv3d``).
+  ``nn.Conv3d`` subclasses with faster CPU paths (``DepthwiseConv3d``, ``PointwiseConv3d``); on
+  CUDA the depthwise convolutions may run as Triton kernels (``nets.dwconv_triton``).
 
 All tensors are ``(B, C, X, Y, Z)``.
 """
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from nets.dwconv_triton import depthwise_conv3d
 
 Triple = tuple[int, int, int]
 
@@ -101,17 +104,22 @@ class _DepthwiseConv3dFn(torch.autograd.Function):
 
 
 class DepthwiseConv3d(nn.Conv3d):
-    """Depthwise k^3 convolution (groups = channels, odd k, stride 1, same padding).
+    """Depthwise k^3 convolution (groups = channels, odd k, padding k // 2, stride 1 or 2).
 
-    Same parameters and results as ``nn.Conv3d``; on CPU (outside autocast) the backward pass
-    uses :class:`_DepthwiseConv3dFn`. Elsewhere it is plain ``nn.Conv3d``.
+    Same parameters and results as ``nn.Conv3d``. On CPU (outside autocast) the stride-1 backward
+    pass uses :class:`_DepthwiseConv3dFn`; on CUDA the convolution goes through
+    :func:`nets.dwconv_triton.depthwise_conv3d` (Triton kernels where they were measured faster
+    than cuDNN, or as ``MAMAMIA_DWCONV=aten|triton|auto`` says). Elsewhere it is plain ``nn.Conv3d``.
     """
 
-    def __init__(self, channels: int, kernel: int):
-        super().__init__(channels, channels, kernel, stride=1, padding=kernel // 2, groups=channels)
+    def __init__(self, channels: int, kernel: int, stride: int = 1):
+        super().__init__(channels, channels, kernel, stride=stride, padding=kernel // 2, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+        if x.device.type == "cuda" and not exporting():
+            return depthwise_conv3d(x, self.weight, self.bias, self.stride, self.padding)
+        if (x.device.type == "cpu" and self.stride == (1, 1, 1) and torch.is_grad_enabled()
+                and not torch.is_autocast_enabled("cpu")):
             return _DepthwiseConv3dFn.apply(x, self.weight, self.bias, self.padding)
         return super().forward(x)
 
@@ -189,10 +197,10 @@ class MedNeXtBlock(nn.Module):
         self.mode = mode
         stride = 1 if mode == "same" else 2
         conv = nn.ConvTranspose3d if mode == "up" else nn.Conv3d
-        if mode == "same":
-            self.dw = DepthwiseConv3d(cin, kernel)
-        else:
+        if mode == "up":
             self.dw = conv(cin, cin, kernel, stride=stride, padding=kernel // 2, groups=cin)
+        else:
+            self.dw = DepthwiseConv3d(cin, kernel, stride)
         self.norm = nn.GroupNorm(num_groups=cin, num_channels=cin)
         self.expand = PointwiseConv3d(cin, ratio * cin)
         self.act = nn.GELU()

@@ -23,7 +23,9 @@ convolutions become plain GEMMs over a permuted view (``PointwiseConv3d``); cont
 where cuDNN's depthwise kernels are faster on contiguous tensors. The stride-1 depthwise backward
 computes the input gradient as a flipped-kernel forward conv (``DepthwiseConv3d``). The timings
 behind these choices are in bench/README.md (``bench/train_step.py``). ``True`` or ``False``
-forces one format.
+forces one format. On CUDA the depthwise convolutions of the same and down blocks go through
+``nets.dwconv_triton.depthwise_conv3d``: Triton kernels where they measure faster than cuDNN for
+that shape (``MAMAMIA_DWCONV=auto``, the default; ``aten`` or ``triton`` forces one side).
 """
 
 from __future__ import annotations

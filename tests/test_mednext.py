@@ -193,6 +193,26 @@ def test_depthwise_conv_fast_backward_equals_conv3d(channels_last):
         torch.testing.assert_close(a, b)
 
 
+def test_down_block_depthwise_conv_is_plain_strided_conv3d_on_cpu():
+    """The down block's stride-2 depthwise conv (a DepthwiseConv3d, so that CUDA can route it to
+    the Triton kernels) computes on CPU exactly what nn.Conv3d does, gradients included."""
+    from nets.blocks import DepthwiseConv3d
+
+    block = MedNeXtBlock(3, 6, 2, 5, "down")
+    assert isinstance(block.dw, DepthwiseConv3d) and block.dw.stride == (2, 2, 2) and block.dw.padding == (2, 2, 2)
+    ref = nn.Conv3d(3, 3, 5, stride=2, padding=2, groups=3)
+    ref.load_state_dict(block.dw.state_dict())
+    x0 = torch.randn(2, 3, 8, 6, 10)
+    grads = []
+    for m in (block.dw, ref):
+        x = x0.clone().requires_grad_(True)
+        y = m(x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads.append((y.detach(), x.grad, m.weight.grad, m.bias.grad))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_forward_and_gradients():
