@@ -12,14 +12,22 @@ painted with partial-volume coverage into a :class:`data.phantom_pv.TissueMix`, 
   which is what :func:`thorax_surface` returns).
 - skin: a shell 1.4-2.2 mm thick (normal breast skin is 0.8-3 mm, Ulger et al. 2003,
   Eur J Radiol 47:159), thicker at the areola.
+- axillary fat: an ellipsoid over the lateral chest wall beside each breast base, extending
+  superiorly, joined into the body outline (:func:`axilla_pad`); the lymph nodes in it are painted
+  by :mod:`data.phantom_axilla`.
 - chest wall, from the anterior thorax surface inwards: 2.5 mm retromammary fat, the pectoralis
-  (thin at the sternum, full thickness laterally), ribs and intercostal muscle (oval rib
-  sections every ~26 mm sloping laterally downwards, sternum medially), then the lungs.
+  (thin at the sternum, full thickness laterally), ribs and intercostal muscle, then the lungs.
+  Every rib has its own pitch, height, depth, slope and curvature (:func:`rib_layout`): oval
+  sections sloping laterally downwards, bone laterally and costal cartilage (own tissue,
+  ``cartilage``) from the sternum to 10-25 % of the thorax half-width; the slab of a case cuts
+  the outer ribs obliquely; sternum medially.
 - mediastinum: heart as a left ventricle (thick-walled ellipsoid, long axis pointing left,
   anterior, inferior) and a crescent right ventricle in front of it with a thin wall, septum
   between them, pericardial fat around; ascending aorta and pulmonary trunk above it, descending
   aorta beside the vertebra, paraspinal muscles; internal mammary arteries behind the ribs
-  beside the sternum.
+  beside the sternum. The heart is placed in the coordinates of the rib cage (its sag
+  included) with its anterior surface (:func:`heart_front`) 5-30 mm (scaled) behind the inner
+  chest wall, so it never reaches the ribs at either scale.
 
 World coordinates as in :mod:`data.phantom_spec`. Fibroglandular tissue, vessels and lesions
 are painted afterwards (:mod:`data.phantom_gland`, :mod:`data.phantom_vessels`,

@@ -2,17 +2,27 @@
 
 Gland field, per breast (normalised breast coordinates x, y, z: y along the nipple axis):
 
-    F = P(rho) + 1.3 D + g_1 n_1mm + 0.6 n_2.5mm + 0.8 n_6mm
+    F = 1.2 P(rho) + 2.2 E + 1.0 D + (1.1 + g) R + 0.3 n_2.5mm + 0.3 g n_1mm + 0.4 n_6mm
 
-- ``P(rho) = 2.2 exp(-(rho / 0.6)^2)``: a conical prior around the nipple axis
+- ``P(rho) = exp(-(rho / 0.6)^2)``: a conical prior around the nipple axis
   (``rho = sqrt(x^2 + z^2) / sqrt(1 - y^2)``), gland is central and retro-areolar;
-- ``D``: a duct tree: ``Look.ducts`` lobar ducts leave the nipple towards the chest wall, fanning
-  out and branching twice (15-20 lobes drain through 6-10 main duct orifices at the nipple;
-  Going & Moffat 2004, J Pathol 203:538; Ramsay et al. 2005, J Anat 206:525), splatted onto the
-  grid and smoothed (sigma 2.5 mm at full scale), normalised to a maximum of 1: glandular tissue
-  clusters along the ducts, radiating from the nipple;
+- a duct tree: ``Look.ducts`` lobar ducts leave the nipple towards the chest wall, fanning
+  out and branching dichotomously three times (15-20 lobes drain through 6-10 main duct orifices
+  at the nipple; Going & Moffat 2004, J Pathol 203:538; Ramsay et al. 2005, J Anat 206:525),
+  splatted onto the grid. ``D``: the ducts themselves (smoothed by 0.6 mm at full scale, clipped
+  at 1), continuous lines of gland; ``E``: the lobular envelope around them (smoothed by 5 mm,
+  square root of the normalised density), so glandular tissue concentrates around the ducts;
+- ``R = 0.85 - sqrt(n^2 + 0.09)``: the ridges of a unit field ``n`` with 1.5 mm correlation
+  (scaled, at least 1.1 mm so the strands keep a partial-volume edge at the output grid) stretched
+  3x antero-posteriorly: high on thin sheets running from the nipple towards the chest wall, which
+  every slice cuts into curvilinear strands. ``g = Look.gland_detail`` weighs them;
 - ``n_s``: smooth Gaussian random fields of unit variance with correlation length ``s`` (scaled
-  with the body), the fine one with weight ``Look.gland_detail``: lobulated, fat-interleaved edges.
+  with the body; the finer ones stretched 2x antero-posteriorly): lobulated, fat-interleaved edges.
+
+Where the threshold is high (fatty breasts) only ridges near the ducts pass it: scattered
+curvilinear strands radiating from the nipple; where it is low (dense breasts) the gland is
+confluent with elongated fat lobules. The in-plane skeleton length per gland area of density-b
+cases rose from 0.18-0.24 (generator version 3, smoothed blobs) to 0.27-0.31.
 
 The threshold is the quantile that makes the fibroglandular fraction of the breast match its
 density category (BI-RADS a..d: 7 / 20 / 40 / 62 % of the breast volume, times U(0.85, 1.15)),

@@ -1,6 +1,9 @@
 """Appearance draws of a synthetic breast DCE-MRI case: coil shading, fat suppression, nipple, ducts,
-rib-cage curvature, vessel branching, gland texture and non-mass enhancement
-(:class:`data.phantom_spec.Look`).
+rib-cage curvature, vessel branching, gland texture, non-mass enhancement and axillary lymph nodes
+(:class:`data.phantom_spec.Look`). The scalar draws and the node count are also written to the
+latents table (``phantom_latents.csv``: coil, coil_depth, fat_residual, nipple_mm, ducts,
+chest_curve, vessel_depth, gland_detail, nme, n_nodes; the renderer adds nodes_in_fov and
+node_voxels).
 
 :func:`draw_look` is called once per case by :func:`data.phantom_cases.draw_case` and draws from
 its own stream, ``SeedSequence([seed, center_code, k, 2])`` (the record, acquisition and lesion
