@@ -87,9 +87,9 @@ def test_nodes_render_lateral_enhance_and_stay_out_of_the_mask(ispy1):
     assert sub[gland].mean() * 1.15 < sub[node].mean() < sub[blood].mean()
     assert sub[node].mean() > sub[fat].mean() + 150
     # a fatty hilum: fat enclosed by node cortex in some node (hilum drawn for most nodes)
-    if any(nd["hilum"] for nd in node_geometry(spec, spec.look)):
-        near = ndimage.binary_dilation(node, iterations=2) & ~node
-        assert (r.labels[near] == L["fat"]).any()
+    assert any(nd["hilum"] for nd in node_geometry(spec, spec.look))
+    near = ndimage.binary_dilation(node, iterations=2) & ~node
+    assert (r.labels[near] == L["fat"]).any()
 
 
 def test_nodes_only_where_the_field_of_view_reaches_the_axilla():
@@ -99,8 +99,8 @@ def test_nodes_only_where_the_field_of_view_reaches_the_axilla():
     assert pc.latent["n_nodes"] >= 4
     lateral = max(abs(nd["centre"][0]) - nd["radii"][0] for nd in node_geometry(pc.spec, pc.spec.look))
     u, _, _ = _world_coords(r.affine, pc.spec.shape)
-    if np.abs(u).max() < lateral:
-        assert r.stats["nodes_in_fov"] == 0 and not (r.labels == L["node"]).any()
+    assert np.abs(u).max() < lateral                          # the field of view ends before the nodes
+    assert r.stats["nodes_in_fov"] == 0 and not (r.labels == L["node"]).any()
 
 
 def test_look_values_are_in_the_latents(ispy1):
