@@ -31,11 +31,13 @@ command line; the names below are importable from here):
 - :mod:`data.phantom_writer`: per-case files, train/test splits, latents table, manifest, cache place.
 - :mod:`data.phantom_checks`: naive-threshold hardness check and the preview picture.
 - :mod:`data.phantom_look`: the appearance draws of a case (coil shading, nipple, ducts, vessels,
-  non-mass enhancement), on their own random stream.
+  non-mass enhancement, axillary nodes), on their own random stream; they are also columns of
+  the latents table.
 - :mod:`data.phantom_anatomy`: the render model (re-exports :mod:`data.phantom_kinetics`,
   :mod:`data.phantom_spec`, :mod:`data.phantom_body`, :mod:`data.phantom_lesion`,
   :mod:`data.phantom_render`; the anatomy is split further into :mod:`data.phantom_pv`,
-  :mod:`data.phantom_gland`, :mod:`data.phantom_vessels` and :mod:`data.phantom_mr`).
+  :mod:`data.phantom_gland`, :mod:`data.phantom_vessels`, :mod:`data.phantom_axilla` and
+  :mod:`data.phantom_mr`).
 """
 from __future__ import annotations
 

@@ -12,14 +12,22 @@ painted with partial-volume coverage into a :class:`data.phantom_pv.TissueMix`, 
   which is what :func:`thorax_surface` returns).
 - skin: a shell 1.4-2.2 mm thick (normal breast skin is 0.8-3 mm, Ulger et al. 2003,
   Eur J Radiol 47:159), thicker at the areola.
+- axillary fat: an ellipsoid over the lateral chest wall beside each breast base, extending
+  superiorly, joined into the body outline (:func:`axilla_pad`); the lymph nodes in it are painted
+  by :mod:`data.phantom_axilla`.
 - chest wall, from the anterior thorax surface inwards: 2.5 mm retromammary fat, the pectoralis
-  (thin at the sternum, full thickness laterally), ribs and intercostal muscle (oval rib
-  sections every ~26 mm sloping laterally downwards, sternum medially), then the lungs.
+  (thin at the sternum, full thickness laterally), ribs and intercostal muscle, then the lungs.
+  Every rib has its own pitch, height, depth, slope and curvature (:func:`rib_layout`): oval
+  sections sloping laterally downwards, bone laterally and costal cartilage (own tissue,
+  ``cartilage``) from the sternum to 10-25 % of the thorax half-width; the slab of a case cuts
+  the outer ribs obliquely; sternum medially.
 - mediastinum: heart as a left ventricle (thick-walled ellipsoid, long axis pointing left,
   anterior, inferior) and a crescent right ventricle in front of it with a thin wall, septum
   between them, pericardial fat around; ascending aorta and pulmonary trunk above it, descending
   aorta beside the vertebra, paraspinal muscles; internal mammary arteries behind the ribs
-  beside the sternum.
+  beside the sternum. The heart is placed in the coordinates of the rib cage (its sag
+  included) with its anterior surface (:func:`heart_front`) 5-30 mm (scaled) behind the inner
+  chest wall, so it never reaches the ribs at either scale.
 
 World coordinates as in :mod:`data.phantom_spec`. Fibroglandular tissue, vessels and lesions
 are painted afterwards (:mod:`data.phantom_gland`, :mod:`data.phantom_vessels`,
@@ -113,6 +121,58 @@ def nipple_points(side: int, an: Anatomy, look: Look):
     return apex - np.array([0, 0.3 * look.nipple_mm, 0]), apex + np.array([0, 0.7 * look.nipple_mm, 0])
 
 
+# ribs descend laterally on the anterior chest wall: ~0.45 mm inferior per mm lateral (modelling
+# choice matching the oblique rib sections of axial breast MRI)
+RIB_SLOPE = 0.45
+# long axis of the heart: towards the patient's left and anterior, ~35 degrees from the
+# left-right axis in the axial plane (a modelling value; the anatomical axis is ~45 degrees
+# oblique in all three planes)
+HEART_TILT_DEG = 35.0
+
+
+def rib_layout(rng, an: Anatomy) -> list[dict]:
+    """The ribs of a case, superior to inferior, each with its own geometry (world mm):
+    ``t`` its centre on the line ``w + RIB_SLOPE |u|`` at the sternum, pitch to the next rib
+    ``U(0.8, 1.25)`` times the mean (26 mm at full scale: anterior ribs ~1-1.5 cm high with
+    intercostal spaces of ~1-2 cm), half-height ``half_si`` (U(0.75, 1.25) x 0.28 pitch),
+    half-depth ``half_depth`` (fraction of the rib layer), a slope deviation ``slope`` and a
+    curvature ``curve`` (centre moves by ``curve u^2 / thorax_a``), and ``cartilage_u``: the
+    costal cartilage runs from the sternum to |u| = 0.1-0.25 thorax_a (longer for lower ribs in
+    reality; here drawn per rib). The slab of a case cuts the outermost ribs obliquely."""
+    body = an.thorax_a / 165.0
+    pitch = 26.0 * body
+    t = -260.0 * body + float(rng.uniform(0, pitch))
+    out = []
+    while t < 260.0 * body + RIB_SLOPE * an.thorax_a:
+        out.append(dict(t=t, half_si=0.28 * pitch * float(rng.uniform(0.75, 1.25)),
+                        half_depth=0.45 * float(rng.uniform(0.75, 1.05)), slope=float(rng.normal(0, 0.025)),
+                        curve=float(rng.normal(0, 0.04)), cartilage_u=an.thorax_a * float(rng.uniform(0.1, 0.25))))
+        t += pitch * float(rng.uniform(0.8, 1.25))
+    return out
+
+
+def heart_front(heart_r) -> float:
+    """How far the pericardial fat reaches in front of the heart centre (mm): the larger of the
+    two ventricles' anterior extents (rotated ellipsoids, see :func:`_paint_heart`) plus the fat
+    layer with a 1.5x margin for the approximate distance of the level-set."""
+    r0, r1, _ = heart_r
+    s, c = math.sin(math.radians(HEART_TILT_DEG)), math.cos(math.radians(HEART_TILT_DEG))
+    rv = 0.38 * r1 + math.hypot(0.75 * r0 * s, 0.62 * r1 * c)
+    lv = -0.12 * r1 + math.hypot(0.85 * r0 * s, 0.85 * r1 * c)
+    return max(rv, lv) + 1.5 * 0.12 * float(np.mean(heart_r))
+
+
+def axilla_pad(side: int, an: Anatomy):
+    """Centre and radii (world mm, in the coordinates of the rib cage, sag removed) of the
+    axillary fat of one side: over the lateral chest wall beside the breast base, where the
+    lateral border of the pectoralis meets the axilla, extending superiorly (the axillary tail);
+    the level I lymph nodes lie in it (:mod:`data.phantom_axilla`)."""
+    cu = side * (an.breast_x + 0.85 * an.breast_r[0])
+    vt, _ = thorax_surface(np.float32(cu), an)
+    return ((cu, float(vt) + 0.15 * an.breast_r[0], an.breast_w + 0.4 * an.breast_r[2]),
+            (0.55 * an.breast_r[0], 0.5 * an.breast_r[0], 1.0 * an.breast_r[2]))
+
+
 def paint_body(spec: CaseSpec, look: Look, rng, u, v, w, mix: TissueMix) -> dict:
     """Paint fat, chest wall and mediastinum into ``mix``; returns the geometry later layers need:
     ``dist`` (depth below the body surface, mm), ``delta`` (depth below the anterior thorax
@@ -141,6 +201,9 @@ def paint_body(spec: CaseSpec, look: Look, rng, u, v, w, mix: TissueMix) -> dict
         nip = _capsule(u, v, w, nb, nt, 0.45 * look.nipple_mm)
         d = smooth_union(d, nip, 1.5)
         dist = smooth_union(dist, d, 6.0)
+        pc, pr = axilla_pad(s, an)                   # axillary fat lateral to the breast base
+        _, dp, _ = _ellipsoid(u, vv, w, pc, pr)
+        dist = smooth_union(dist, dp, 6.0)
         sel = np.flatnonzero(((f < 1.05) | (nip > -2)).ravel() & (delta.ravel() < 2.0))
         breasts[s] = (sel, tuple(c.ravel()[sel] for c in xyz))
     mix.paint(_cov(dist), L["fat"])
@@ -155,18 +218,39 @@ def paint_body(spec: CaseSpec, look: Look, rng, u, v, w, mix: TissueMix) -> dict
     rl = np.float32(an.rib_layer_mm)
     lung_top = rib_top + rl
     mix.paint(_cov(delta - lung_top), L["lung"])
-    # ribs: oval sections every ~26 mm (scaled), sloping laterally downwards
-    period = np.float32(26.0 * an.thorax_a / 165.0)
-    phase = np.mod(w + 0.45 * np.abs(u) - np.float32(rng.uniform(0, period)), period) - period / 2
+    # ribs: one oval section per rib, each with its own spacing, thickness, slope and curvature,
+    # bone laterally and costal cartilage medially (rib_layout); only the chest-wall band is evaluated
+    bone = np.full(u.shape, -3.0, np.float32)
+    cart = np.full(u.shape, -3.0, np.float32)
     mid = rib_top + 0.5 * rl
-    rib = 1 - np.sqrt((phase / (0.28 * period)) ** 2 + ((delta - mid) / (0.45 * rl)) ** 2)
-    mix.paint(_cov(rib * np.float32(0.3 * rl)), L["marrow"])
+    idx = np.flatnonzero((np.abs(delta - mid) < 0.6 * rl).ravel())
+    if idx.size:
+        uu, ww, dd, md = (x.ravel()[idx] for x in (u, w, delta, mid))
+        au_ = np.abs(uu)
+        t = ww + np.float32(RIB_SLOPE) * au_
+        bb = np.full(idx.size, -3.0, np.float32)
+        cc = np.full(idx.size, -3.0, np.float32)
+        for r in rib_layout(rng, an):
+            c = np.float32(r["t"]) + np.float32(r["slope"]) * au_ + np.float32(r["curve"] / an.thorax_a) * uu * uu
+            near = np.abs(t - c) < 2.0 * r["half_si"]
+            if not near.any():
+                continue
+            ph = (t[near] - c[near]) / np.float32(r["half_si"])
+            rad = (dd[near] - md[near]) / np.float32(r["half_depth"] * rl)
+            sec = (1 - np.sqrt(ph * ph + rad * rad)) * np.float32(min(r["half_si"], r["half_depth"] * rl))
+            lat = au_[near] - np.float32(r["cartilage_u"])            # > 0: bone, < 0: cartilage
+            bb[near] = np.maximum(bb[near], np.minimum(sec, lat))
+            cc[near] = np.maximum(cc[near], np.minimum(sec, -lat))
+        bone.ravel()[idx] = bb
+        cart.ravel()[idx] = cc
+    mix.paint(_cov(bone), L["marrow"])
+    mix.paint(_cov(cart), L["cartilage"])
     # sternum: an oval section in the midline, from behind the retromammary fat to the lungs
     half = np.maximum((lung_top - d0 - 1.0) / 2, np.float32(1.0))
     ell = np.sqrt((u / np.float32(0.09 * an.thorax_a)) ** 2 + ((delta - d0 - 1.0 - half) / half) ** 2)
     sternum = (1 - ell) * np.minimum(np.float32(0.09 * an.thorax_a), half)
     mix.paint(_cov(sternum) * (vv > -0.5 * b_t), L["marrow"])
-    del phase, mid, rib, sternum, au, ell, half
+    del bone, cart, mid, sternum, au, ell, half
 
     # mediastinum and spine
     spine_v = -2 * b_t + 0.45 * b_t
@@ -176,7 +260,7 @@ def paint_body(spec: CaseSpec, look: Look, rng, u, v, w, mix: TissueMix) -> dict
     desc = 0.1 * b_t - np.sqrt((u + 0.12 * a_t) ** 2 + (vv - spine_v - 0.3 * b_t) ** 2)
     mix.paint(_cov(desc), L["blood"])
     heart = desc > 0
-    heart |= _paint_heart(an, u, v, w, mix, _cov)
+    heart |= _paint_heart(an, u, vv, w, mix, _cov)
     # internal mammary arteries: behind the ribs beside the sternum, running superior-inferior
     for s in (1, -1):
         iu = s * 0.13 * an.thorax_a
@@ -184,18 +268,20 @@ def paint_body(spec: CaseSpec, look: Look, rng, u, v, w, mix: TissueMix) -> dict
         depth = 2.5 + an.pectoral_mm * 0.5 + 0.8 * an.rib_layer_mm
         ima = np.float32(1.3) - np.sqrt((u - iu) ** 2 + (vv - np.float32(ivt - depth)) ** 2)
         mix.paint(_cov(ima), L["blood"])
-    return dict(dist=dist, delta=delta, breasts=breasts, heart=heart, band=band)
+    return dict(dist=dist, delta=delta, breasts=breasts, heart=heart, band=band, wall=lung_top)
 
 
 def _paint_heart(an: Anatomy, u, v, w, mix: TissueMix, _cov) -> np.ndarray:
     """Pericardial fat, ventricles with myocardium and septum, ascending aorta and pulmonary trunk.
-    Returns the mask of their blood pools."""
+    ``v`` is the antero-posterior coordinate of the rib cage (sag included), so the heart keeps its
+    depth behind the chest wall wherever it lies superior-inferior. Returns the mask of their
+    blood pools."""
     L = LABELS
     hu, hdepth, hw = an.heart_center
     vt_h, _ = thorax_surface(np.float32(hu), an)
     hc = np.array([hu, float(vt_h) - hdepth, hw], np.float32)
     r = np.asarray(an.heart_r, np.float32)
-    ang = math.radians(35.0)                    # long axis towards the left, anterior
+    ang = math.radians(HEART_TILT_DEG)           # long axis towards the left, anterior
     c, s = np.float32(math.cos(ang)), np.float32(math.sin(ang))
 
     def ellipsoid_sdf(centre, radii):

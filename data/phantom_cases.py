@@ -94,7 +94,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.phantom_body import thorax_surface
+from data.phantom_body import heart_front, thorax_surface
 from data.phantom_centers import CENTERS, Center, allocate_centers, patient_ids
 from data.phantom_kinetics import CURVE_TYPES, curve_type, draw_tumour_kinetics, enhancement_curve, t10_ms
 from data.phantom_lesion import lesion_centre
@@ -243,8 +243,10 @@ def _draw_anatomy(rng, clin: dict, scale: str) -> Anatomy:
         thorax_a=s * a, thorax_b=s * b, breast_x=s * a * (0.55 if scale == "full" else 0.47),
         breast_r=(s * rng.uniform(55, 70), s * rng.uniform(55, 115), s * rng.uniform(55, 70)),
         breast_w=s * rng.normal(0, 6), pectoral_mm=s * pec, rib_layer_mm=s * rib,
-        heart_center=(-s * rng.uniform(15, 35), s * (2.5 + pec + rib + rng.uniform(10, 60) + hr[1]),
-                      s * rng.uniform(-140, -70)),
+        # the heart's anterior surface 5-30 mm behind the inner chest wall (the right ventricle lies
+        # just behind the sternum, separated by the thin anterior mediastinum), at both scales
+        heart_center=(-s * rng.uniform(15, 35), s * (2.5 + pec + rib + rng.uniform(5, 30)) + heart_front(
+            tuple(s * x for x in hr)), s * rng.uniform(-140, -70)),
         heart_r=tuple(s * x for x in hr), skin_mm=float(rng.uniform(1.4, 2.2)),
         subcut_mm=s * rng.uniform(3, 8), density=clin["density"],
         bpe=float(rng.uniform(*BPE_KTRANS[level])), n_vessels=int(rng.integers(2, 6)))
@@ -342,6 +344,7 @@ def draw_case(seed: int, center: str, k: int, patient_id: str, scale: str = "sma
                    for x, lc, r in zip(centre, les_c, room))
     spec = dataclasses.replace(spec, fov_center=centre)
     spec = dataclasses.replace(spec, look=draw_look(spec))      # appearance: its own random stream
+    lk = spec.look
     latent = dict(
         age=clin["age"], menopause=clin["menopause"], density=clin["density"], subtype=clin["subtype"],
         hr=clin["hr"], er=clin["er"], pr=clin["pr"], her2=clin["her2"], grade=clin["grade"],
@@ -352,7 +355,12 @@ def draw_case(seed: int, center: str, k: int, patient_id: str, scale: str = "sma
         n_satellites=lesion.n_satellites, bpe_ktrans=round(anat.bpe, 4),
         logit_det=round(logit, 4), p_pcr=round(pcr_probability(logit), 4), pcr=pcr,
         noise=round(acq["noise"], 4), noise_sigma=round(acq["noise"] * acq["gain"], 3), motion_mm=round(acq["motion"], 3), ghost=round(acq["ghost"], 4),
-        psf_mm=round(acq["psf"], 3), injection_s=round(acq["injection_s"], 1), dose=round(acq["dose"], 3), fat_suppressed=acq["fat_sat"], flip_deg=round(acq["flip"], 2))
+        psf_mm=round(acq["psf"], 3), injection_s=round(acq["injection_s"], 1), dose=round(acq["dose"], 3), fat_suppressed=acq["fat_sat"], flip_deg=round(acq["flip"], 2),
+        # the appearance draws (data.phantom_look), so studies can relate results to them
+        coil=round(lk.coil, 4), coil_depth=round(lk.coil_depth, 4), fat_residual=round(lk.fat_residual, 4),
+        nipple_mm=round(lk.nipple_mm, 3), ducts=lk.ducts, chest_curve=round(lk.chest_curve, 6),
+        vessel_depth=lk.vessel_depth, gland_detail=round(lk.gland_detail, 4), nme=lk.nme,
+        n_nodes=len(lk.nodes))
     clinical = dict(age=clin["age"], menopausal_status=clin["menopause_txt"],
                     breast_density=clin["density_txt"])
     return PhantomCase(spec=spec, clinical=clinical, subtype_reported=sub_rep, pcr_reported=pcr_rep,

@@ -135,7 +135,7 @@ def draw_tumour_kinetics(rng: np.random.Generator, kind: str, times_s, injection
 
 
 LABELS = dict(air=0, fat=1, fgt=2, skin=3, muscle=4, lung=5, blood=6, myocardium=7, marrow=8,
-              tumour=9, necrosis=10)
+              tumour=9, necrosis=10, cartilage=11, node=12)
 # (M0, T10 at 1.5 T ms, T10 at 3 T ms, Ktrans /min, ve, vp). T10 of fat, fibroglandular tissue and
 # blood from Stanisz et al. 2005 and Lu et al. 2004; muscle/myocardium from Stanisz et al. 2005; tumour ~1600 ms
 # (literature values at 1.5 T) scaled to 3 T like fibroglandular tissue; blood M0 > 1 mimics inflow brightening.
@@ -151,6 +151,12 @@ TISSUES = {
     "marrow": (0.75, 550, 620, 0.02, 0.1, 0.0),
     "tumour": (0.85, 1600, 2123, 0.0, 0.3, 0),   # kinetics per case, scaled per voxel
     "necrosis": (0.90, 2200, 2900, 0.015, 0.5, 0.0),
+    # hyaline (costal) cartilage: T1 ~1020 ms at 1.5 T, ~1240 ms at 3 T (Gold et al. 2004, AJR
+    # 183:343, knee cartilage); avascular, barely enhancing
+    "cartilage": (0.70, 1020, 1240, 0.005, 0.1, 0.0),
+    # lymph node cortex: T1 a modelling value between muscle and gland; mild, homogeneous
+    # enhancement (normal nodes enhance less and wash out less than carcinoma: Ktrans 0.12 /min)
+    "node": (0.80, 1100, 1450, 0.12, 0.3, 0.03),
 }
 
 

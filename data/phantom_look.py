@@ -1,6 +1,9 @@
 """Appearance draws of a synthetic breast DCE-MRI case: coil shading, fat suppression, nipple, ducts,
-rib-cage curvature, vessel branching, gland texture and non-mass enhancement
-(:class:`data.phantom_spec.Look`).
+rib-cage curvature, vessel branching, gland texture, non-mass enhancement and axillary lymph nodes
+(:class:`data.phantom_spec.Look`). The scalar draws and the node count are also written to the
+latents table (``phantom_latents.csv``: coil, coil_depth, fat_residual, nipple_mm, ducts,
+chest_curve, vessel_depth, gland_detail, nme, n_nodes; the renderer adds nodes_in_fov and
+node_voxels).
 
 :func:`draw_look` is called once per case by :func:`data.phantom_cases.draw_case` and draws from
 its own stream, ``SeedSequence([seed, center_code, k, 2])`` (the record, acquisition and lesion
@@ -29,6 +32,10 @@ FAT_RESIDUAL = (0.06, 0.2)
 # treated with neoadjuvant therapy. Only cases drawn unifocal, without satellites or necrosis use
 # it, so every drawn lesion latent stays visible in the image.
 NME_P = 0.08
+# level I axillary nodes per side, and how often their fatty hilum shows: a modelling choice (a
+# few nodes per axilla are seen on breast MRI; most normal nodes have a visible fatty hilum)
+NODES_PER_SIDE = (2, 5)
+HILUM_P = 0.7
 
 
 def draw_look(spec: CaseSpec) -> Look:
@@ -43,4 +50,23 @@ def draw_look(spec: CaseSpec) -> Look:
         ducts=int(rng.integers(6, 12)), chest_curve=float(rng.uniform(0.8, 1.6) / (320.0 * body)),
         vessel_depth=int(rng.integers(3, 5)), gland_detail=float(rng.uniform(0.4, 0.8)),
         nme=bool(rng.random() < NME_P and spec.lesion.necrosis == 0 and spec.lesion.n_foci == 1
-                 and spec.lesion.n_satellites == 0))
+                 and spec.lesion.n_satellites == 0),
+        nodes=draw_nodes(rng, body))
+
+
+def draw_nodes(rng, body: float) -> tuple:
+    """Level I axillary lymph nodes of both sides (``NODES_PER_SIDE``), each ``(side, lateral,
+    superior, out, long, ratio, azimuth, elevation, hilum)``: ``lateral`` in U(0.65, 1.05) breast
+    radii beyond the breast centre, ``superior`` in U(-0.1, 0.9) breast radii above it, ``out``
+    the fraction U(0.25, 0.75) of the axillary fat thickness in front of the chest wall;
+    long semi-axis ``long`` = U(2.5, 5) mm x body scale (normal nodes are ~5-10 mm long), short/long
+    ratio U(0.45, 0.7) (ovoid: normal nodes have a long/short ratio > 1.5-2, Vassallo et al. 1992,
+    Radiology 183:215), orientation, and a fatty hilum with probability HILUM_P."""
+    out = []
+    for side in (1, -1):
+        for _ in range(int(rng.integers(NODES_PER_SIDE[0], NODES_PER_SIDE[1] + 1))):
+            out.append((side, float(rng.uniform(0.65, 1.05)), float(rng.uniform(-0.1, 0.9)),
+                        float(rng.uniform(0.25, 0.75)), float(body * rng.uniform(2.5, 5.0)),
+                        float(rng.uniform(0.45, 0.7)), float(rng.uniform(0, np.pi)),
+                        float(rng.normal(0, 0.4)), bool(rng.random() < HILUM_P)))
+    return tuple(out)

@@ -3,7 +3,8 @@
 Anatomy: painted deepest first into a two-tissue partial-volume mixture per voxel
 (:class:`data.phantom_pv.TissueMix`): body and chest wall (:mod:`data.phantom_body`), Cooper's
 ligaments and fibroglandular tissue (:mod:`data.phantom_gland`), vessel trees
-(:mod:`data.phantom_vessels`), the lesion (:mod:`data.phantom_lesion`), the skin. Independent
+(:mod:`data.phantom_vessels`), axillary lymph nodes (:mod:`data.phantom_axilla`), the lesion
+(:mod:`data.phantom_lesion`), the skin. Independent
 random streams (children of ``SeedSequence(render_seed)``) serve body, gland, vessels, lesion and
 acquisition, so changing one does not move the others.
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from data.phantom_axilla import paint_nodes
 from data.phantom_body import paint_body, paint_skin
 from data.phantom_gland import paint_gland
 from data.phantom_kinetics import LABELS, TISSUES, spgr, t10_ms, tissue_curves
@@ -87,7 +89,9 @@ def render_case(spec: CaseSpec) -> Rendered:
                      band=geom["band"])
     segs = [seg for s in (1, -1) for seg in vessel_segments(r_vessel, spec, look, s)]
     mix.paint(vessel_coverage(segs, aff, shape, sp, u, v, w) * inner, L["blood"])
+    node_stats = paint_nodes(spec, look, aff, u, v, w, mix)
     mult, _, stats = paint_lesion(spec, r_lesion, u, v, w, aff_inv, inner, mix, look)
+    stats.update(node_stats)
     paint_skin(an, look, u, v, w, geom, mix)
     heart_mask = geom["heart"]
     body_mask = geom["dist"] > 0
@@ -105,6 +109,7 @@ def render_case(spec: CaseSpec) -> Rendered:
     lab[~mask & les] = other[~mask & les]
     del les, other
     stats["tumour_voxels"] = int(mask.sum())
+    stats["node_voxels"] = int((lab == L["node"]).sum())
     bias = bias_field(spec, look, r_acq, u, v, w, body_mask)
     del u, v, w, inner, geom
 

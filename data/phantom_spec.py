@@ -68,6 +68,9 @@ class Look:
     vessel_depth: int           # branching generations of each breast vessel tree
     gland_detail: float         # weight of the finest texture scale of the gland field
     nme: bool = False           # non-mass enhancement (clumped, segmental) instead of a mass
+    # axillary lymph nodes, both sides: (side, lateral, superior, out, long semi-axis mm, short/long,
+    # azimuth rad, elevation rad, fatty hilum) as drawn by data.phantom_look.draw_nodes
+    nodes: tuple = ()
 
 
 @dataclass(frozen=True)

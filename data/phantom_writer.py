@@ -25,14 +25,14 @@ from data.phantom_centers import CENTERS
 from data.phantom_render import Rendered, render_case
 
 
-PHANTOM_VERSION = 3     # bump when generated data change: a cached dataset of another version is regenerated
+PHANTOM_VERSION = 4     # bump when generated data change: a cached dataset of another version is regenerated
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 MANIFEST = "phantom_manifest.json"
 LATENTS_CSV = "phantom_latents.csv"
 STAT_KEYS = ("rendered_diameter_mm", "tumour_ml", "necrotic_fraction", "tumour_voxels", "capped",
-             "heart_voxels", "motion_max_mm")
+             "heart_voxels", "motion_max_mm", "nodes_in_fov", "node_voxels")
 # the real table's file, sheet and column names (the reader's, data.clinical_table), then the
 # extra acquisition columns this phantom also fills
 CLINICAL_XLSX, TABLE_SHEET = FILE_NAME, SHEET
