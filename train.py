@@ -135,9 +135,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "at most one per 20 training rows (a warning when K exceeds that)")
     c.add_argument("--selector", choices=("ridge", "logreg", "lda"), default="ridge",
                    help="estimator scoring the forward selection (default ridge: class-balanced, closed form)")
-    c.add_argument("--model", choices=("snn", "lr", "rf"), default="snn",
-                   help="deployed classifier: self-normalising network (default, seed B), logistic regression "
-                        "or random forest; all three are cross-validated and reported")
+    c.add_argument("--model", choices=("snn", "lr", "rf", "stack"), default="snn",
+                   help="deployed classifier: self-normalising network (default, seed B), logistic regression, "
+                        "random forest, or (with --clinical) stack: the image SNN and a clinical logistic "
+                        "regression combined on inner cross-validated log-odds; all are cross-validated and "
+                        "reported")
     c.add_argument("--phantom-cases", type=int, default=40, metavar="N",
                    help="without --data: a phantom dataset of N small cases (default 40, the default dataset), "
                         "generated once and cached; e.g. 200 for a pCR model above chance")

@@ -334,7 +334,12 @@ def fit_fold(X, y, names, train_idx, classifiers: Mapping[str, Callable[[int], o
         forced = enc.transform(recs)
     pipe = FeaturePipeline(cfg, selector).fit(Xt, yt, names, forced, enc.names if enc else ())
     z = pipe.transform(Xt, forced)
-    fitted = {name: make(cfg.seed + fold).fit(z, yt) for name, make in classifiers.items()}
+    fitted = {}
+    for name, make in classifiers.items():
+        est = make(cfg.seed + fold)
+        if hasattr(est, "n_clinical"):      # a stack (core.pcr_stack): the clinical columns come last
+            est.n_clinical = len(pipe.forced_names)
+        fitted[name] = est.fit(z, yt)
     n1 = int(yt.sum())
     prior = math.log(n1 / (yt.size - n1)) if prior_correction and 0 < n1 < yt.size else 0.0
     return FoldModel(fold=fold, pipeline=pipe, clinical=enc, classifiers=fitted, prior_logit=prior,

@@ -18,11 +18,13 @@ class ClinicalEncoder:
 
     Records are mappings with ``age`` (years), ``menopause`` ('pre' | 'post' | other = unknown),
     ``density`` ('a'-'d'), ``hr`` and ``her2`` (0/1; where absent, what ``subtype`` implies,
-    :func:`core.pcr_eval.receptor_status`), ``grade`` (Nottingham 1-3) and ``subtype`` (str),
-    None where unknown. Columns: for each of :data:`NUMERIC` the value (missing -> the training
-    rows' median; for hr/her2 their mean, the positive rate) and a missing indicator; pre and post
-    indicators (unknown: both 0); one indicator per subtype seen in training (missing or unseen:
-    all 0). Fitted on the training rows of a fold only.
+    :func:`core.pcr_eval.receptor_status`), ``grade`` (Nottingham 1-3), ``subtype`` (str) and
+    ``center`` (the acquiring center, known from the patient id in MAMA-MIA; pCR rates differ
+    between the trials behind the centers), None where unknown. Columns: for each of
+    :data:`NUMERIC` the value (missing -> the training rows' median; for hr/her2 their mean, the
+    positive rate) and a missing indicator; pre and post indicators (unknown: both 0); one
+    indicator per subtype seen in training (missing or unseen: all 0); one indicator per center
+    seen in training (a new center: all 0). Fitted on the training rows of a fold only.
     """
 
     NUMERIC = ("age", "density", "hr", "her2", "grade")
@@ -44,9 +46,14 @@ class ClinicalEncoder:
             avg = np.mean if k in ("hr", "her2") else np.median
             self.fills[k] = float(avg(known)) if known else self.DEFAULTS[k]
         self.subtypes = sorted({str(r["subtype"]) for r in records if _known(r.get("subtype"))})
-        self.names = ([n for k in self.NUMERIC for n in (k, f"{k}_missing")] + ["menopause_pre", "menopause_post"]
-                      + [f"subtype_{s}" for s in self.subtypes])
+        self.centers = sorted({str(r["center"]) for r in records if _known(r.get("center"))})
+        self.names = self.column_names(self.subtypes, self.centers)
         return self
+
+    @classmethod
+    def column_names(cls, subtypes: Sequence[str] = (), centers: Sequence[str] = ()) -> list[str]:
+        return ([n for k in cls.NUMERIC for n in (k, f"{k}_missing")] + ["menopause_pre", "menopause_post"]
+                + [f"subtype_{s}" for s in subtypes] + [f"center_{c}" for c in centers])
 
     def transform(self, records: Sequence[Mapping]) -> np.ndarray:
         out = np.zeros((len(records), len(self.names)))
@@ -60,6 +67,9 @@ class ClinicalEncoder:
             out[i, 2 * nn], out[i, 2 * nn + 1] = float(meno == "pre"), float(meno == "post")
             if _known(r.get("subtype")) and str(r["subtype"]) in self.subtypes:
                 out[i, 2 * nn + 2 + self.subtypes.index(str(r["subtype"]))] = 1.0
+            centers = getattr(self, "centers", [])
+            if _known(r.get("center")) and str(r["center"]) in centers:
+                out[i, 2 * nn + 2 + len(self.subtypes) + centers.index(str(r["center"]))] = 1.0
         return out
 
 

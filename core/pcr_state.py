@@ -252,19 +252,22 @@ def _pipeline_from_state(meta, arrays, where: str) -> FeaturePipeline:
 
 def _encoder_state(enc: ClinicalEncoder) -> dict:
     return {"fills": {k: float(v) for k, v in enc.fills.items()}, "subtypes": list(enc.subtypes),
-            "names": list(enc.names)}
+            "centers": list(getattr(enc, "centers", [])), "names": list(enc.names)}
 
 
 def _encoder_from_state(meta, where: str) -> ClinicalEncoder:
-    _keys(meta, {"fills", "subtypes", "names"}, where)
+    # "centers" is absent from files written before the center columns (format 3): none then
+    _keys(meta, {"fills", "subtypes", "names"} | ({"centers"} if isinstance(meta, Mapping) and "centers" in meta
+                                                  else set()), where)
     enc = ClinicalEncoder()
     fills = _get(meta, "fills", "dict", where)
     _keys(fills, set(ClinicalEncoder.NUMERIC), f"{where}.fills")
     enc.fills = {k: _check(fills[k], "float", f"{where}.fills.{k}") for k in ClinicalEncoder.NUMERIC}
     enc.subtypes = _get(meta, "subtypes", "strs", where)
+    enc.centers = _get(meta, "centers", "strs", where) if "centers" in meta else []
     enc.names = _get(meta, "names", "strs", where)
-    if enc.names != ClinicalEncoder().fit([]).names + [f"subtype_{s}" for s in enc.subtypes]:
-        raise ValueError(f"{where}: names do not match the clinical columns and subtypes")
+    if enc.names != ClinicalEncoder.column_names(enc.subtypes, enc.centers):
+        raise ValueError(f"{where}: names do not match the clinical columns, subtypes and centers")
     return enc
 
 

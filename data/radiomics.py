@@ -381,7 +381,7 @@ def clinical_record(case) -> dict:
     """The clinical inputs of the pCR model for one ``mamamia.Case`` (None where unknown)."""
     c = case.clinical
     return {"age": c.age, "menopause": c.menopause, "subtype": c.subtype, "density": c.density,
-            "hr": c.hr, "her2": c.her2, "er": c.er, "pr": c.pr, "grade": c.grade}
+            "hr": c.hr, "her2": c.her2, "er": c.er, "pr": c.pr, "grade": c.grade, "center": case.center}
 
 
 def predicted_masks(cases, folder: str | os.PathLike) -> dict:

@@ -53,7 +53,7 @@ class PCRRequest:
     model: str = "snn"                 # the deployed classifier: snn | lr | rf
 
 
-MODELS = {"snn": "snn", "lr": "logreg", "rf": "rf"}   # --model -> classifier name in reports
+MODELS = {"snn": "snn", "lr": "logreg", "rf": "rf", "stack": "stack"}   # --model -> classifier name in reports
 
 
 def pipeline_config(req: PCRRequest):
@@ -61,6 +61,8 @@ def pipeline_config(req: PCRRequest):
     from core import pcr
     if req.model not in MODELS:
         raise UserError(f"--model {req.model!r}: choose from {sorted(MODELS)}")
+    if req.model == "stack" and not req.clinical:
+        raise UserError("--model stack combines the image SNN with a clinical model: add --clinical")
     if req.split not in ("train", "all"):
         raise UserError(f"--split {req.split!r}: expected train or all")
     if req.n_select is not None and req.n_select < 1:
@@ -110,6 +112,7 @@ def check_predicted(cases, masks: dict, pred: Path, root) -> None:
 def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
     """Fit, cross-validate and save the pCR model; returns the report (also written as JSON)."""
     from core import pcr
+    from core.pcr_stack import StackedClassifier
     from data import io as dio
     from data import mamamia, radiomics
     from nets.pcr_file import save_pcr_model
@@ -165,6 +168,9 @@ def train_pcr(req: PCRRequest, progress: bool = True, echo=print) -> dict:
     records = all_records if req.clinical else None
     snn_params = SNNClassifier().get_params()
     classifiers = {"snn": lambda s: SNNClassifier(**{**snn_params, "seed": s}), **pcr.BASELINES}
+    if req.model == "stack":   # the image SNN and a clinical logistic regression, stacked (core.pcr_stack)
+        classifiers["stack"] = lambda s: StackedClassifier(
+            image_factory=lambda t: SNNClassifier(**{**snn_params, "seed": t}), seed=s)
     t_fit = time.time()
 
     def fold_done(f):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import pcr, pcr_state
+from core import pcr, pcr_stack, pcr_state
 from core.atomic import atomic_write
 from nets import snn
 
@@ -54,6 +54,7 @@ CODECS: dict[str, pcr_state.ClassifierCodec] = {
     "snn": pcr_state.ClassifierCodec(lambda est: isinstance(est, snn.SNNClassifier), snn.classifier_state,
                                snn.classifier_from_state),
 }
+CODECS["stack"] = pcr_stack.stack_codec(CODECS)   # image part written by any codec above
 
 
 def _npy(a: np.ndarray) -> bytes:

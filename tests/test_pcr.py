@@ -157,6 +157,18 @@ def test_clinical_encoder_missing_values():
                                         [45, 0, 1, 0, 0.5, 1, 1, 0, 2, 1, 1, 0, 1, 0]])
 
 
+def test_clinical_encoder_center_indicators():
+    """One indicator per center seen in training, after the subtype indicators; a center not seen
+    in training (or missing) gets none."""
+    enc = pcr.ClinicalEncoder().fit([{"subtype": "luminal", "center": "NACT"}, {"subtype": None, "center": "DUKE"},
+                                     {"center": None}])
+    assert enc.centers == ["DUKE", "NACT"]
+    assert enc.names[-3:] == ["subtype_luminal", "center_DUKE", "center_NACT"]
+    out = enc.transform([{"center": "NACT"}, {"center": "DUKE"}, {"center": "ISPY2"}, {}])
+    np.testing.assert_array_equal(out[:, -2:], [[0, 1], [1, 0], [0, 0], [0, 0]])
+    assert pcr.ClinicalEncoder().fit([{"subtype": "luminal"}]).names[-1] == "subtype_luminal"
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def test_evaluate_cross_fits_and_reports():

@@ -199,6 +199,24 @@ def test_forest_is_stored_as_node_arrays(fitted, tmp_path):
         np.testing.assert_allclose(back.predict(X, fitted[2])[0], m.predict(X, fitted[2])[0], atol=1e-12)
 
 
+def test_clinical_encoder_without_centers_loads_and_inconsistent_centers_are_refused(fitted, tmp_path):
+    """Files written before the center columns have no "centers" in the encoder state: they load
+    with none; centers that do not match the column names are refused."""
+    src = _saved(fitted, tmp_path, "logreg", clinical=True)
+
+    def drop(m):
+        for f in m["model"]["folds"]:
+            assert f["clinical"].pop("centers") == []
+
+    def extra(m):
+        m["model"]["folds"][1]["clinical"]["centers"] = ["NACT"]
+
+    loaded, _ = pcr_file.load_pcr_model(_rewrite(src, tmp_path / "old.pt", drop))
+    assert all(fm.clinical.centers == [] for fm in loaded.folds)
+    with pytest.raises(ValueError, match="centers"):
+        pcr_file.load_pcr_model(_rewrite(src, tmp_path / "bad.pt", extra))
+
+
 def test_unsupported_classifier_or_config_is_refused_at_save(fitted, tmp_path):
     path = tmp_path / "pcr_model.pt"
     m = _model(fitted, "logreg")
