@@ -230,7 +230,7 @@ def test_clinical_record_and_predicted_masks(tmp_path):
     cases = mamamia.load_dataset(root)
     rec = R.clinical_record(cases[1])
     assert rec == {"age": 41.0, "menopause": "pre", "subtype": None, "density": None, "hr": None, "her2": None,
-                   "er": None, "pr": None, "grade": None}
+                   "er": None, "pr": None, "grade": None, "center": "DUKE"}
     pred = tmp_path / "out" / "pred_segmentations"
     pred.mkdir(parents=True)
     (pred / f"{cases[0].patient_id.lower()}.nii.gz").write_bytes(cases[0].mask_path.read_bytes())
