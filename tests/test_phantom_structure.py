@@ -16,9 +16,9 @@ from data import phantom
 from data import phantom_anatomy as pa
 from data.phantom_axilla import node_geometry
 from data.phantom_body import axilla_pad, heart_front, paint_body, rib_layout
-from data.phantom_gland import paint_gland
 from data.phantom_pv import TissueMix
 from data.phantom_render import _world_coords
+from test_phantom_look import _anatomy
 
 L = pa.LABELS
 
@@ -119,13 +119,7 @@ def test_look_values_are_in_the_latents(ispy1):
 
 # ----------------------------------------------------------------------------- fibroglandular tissue
 def _gland(spec):
-    aff = pa.case_affine(spec)
-    u, v, w = _world_coords(aff, spec.shape)
-    mix = TissueMix(spec.shape)
-    rng = np.random.default_rng(0)
-    geom = paint_body(spec, spec.look, rng, u, v, w, mix)
-    paint_gland(spec, spec.look, rng, np.linalg.inv(aff), geom, mix)
-    return mix.weight(L["fgt"]) > 0.5
+    return _anatomy(spec)[0].weight(L["fgt"]) > 0.5
 
 
 def _skeleton_per_area(mask):
