@@ -25,12 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-
-def _logits(est, X) -> np.ndarray:
-    if hasattr(est, "decision_function"):
-        return np.asarray(est.decision_function(X), np.float64).ravel()
-    p = np.clip(est.predict_proba(X)[:, 1], 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
+from core.pcr import logits_of as _logits
 
 
 def clinical_logreg(seed: int = 0) -> LogisticRegression:
