@@ -35,7 +35,7 @@ from data.phantom_gland import paint_gland
 from data.phantom_kinetics import LABELS, TISSUES, spgr, t10_ms, tissue_curves
 from data.phantom_lesion import paint_lesion
 from data.phantom_look import draw_look
-from data.phantom_mr import bias_field, magnitude, slice_profile
+from data.phantom_mr import bias_field, flow_modulation, magnitude, slice_profile
 from data.phantom_pv import TissueMix, coverage
 from data.phantom_spec import PE_AXIS, CaseSpec, case_affine, rotation
 from data.phantom_vessels import vessel_coverage, vessel_segments
@@ -73,8 +73,8 @@ def _psf_voxels(spec: CaseSpec, axis: int) -> float:
 def render_case(spec: CaseSpec) -> Rendered:
     """Render all phases of one case (see the module docstring for the model)."""
     look = spec.look if spec.look is not None else draw_look(spec)
-    streams = np.random.SeedSequence(list(spec.render_seed)).spawn(5)
-    r_body, r_gland, r_vessel, r_lesion, r_acq = (np.random.default_rng(x) for x in streams)
+    streams = np.random.SeedSequence(list(spec.render_seed)).spawn(6)   # the first 5 as before
+    r_body, r_gland, r_vessel, r_lesion, r_acq, r_flow = (np.random.default_rng(x) for x in streams)
     aff = case_affine(spec)
     aff_inv = np.linalg.inv(aff)
     shape, sp, L = tuple(spec.shape), spec.spacing, LABELS
@@ -144,7 +144,11 @@ def render_case(spec: CaseSpec) -> Rendered:
         s = f_a * sa + (1 - f_a) * sb
         s *= tex
         s *= scale
-        clean.append(s.reshape(shape))
+        s = s.reshape(shape)
+        flow = flow_modulation(heart_mask, sp, r_flow)
+        if flow is not None:
+            s[flow[0]] *= flow[1]
+        clean.append(s)
     del sa, sb
     fgt_w = mix.weight(L["fgt"]) > 0.5
     blood = lab == L["blood"]

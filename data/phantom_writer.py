@@ -25,7 +25,7 @@ from data.phantom_centers import CENTERS
 from data.phantom_render import Rendered, render_case
 
 
-PHANTOM_VERSION = 4     # bump when generated data change: a cached dataset of another version is regenerated
+PHANTOM_VERSION = 5     # bump when generated data change: a cached dataset of another version is regenerated
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

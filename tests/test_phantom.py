@@ -312,9 +312,12 @@ def test_naive_threshold_rule():
 def test_hardness_of_naive_threshold(ds):
     # thresholding the subtraction is far from enough (vessels, heart and background enhancement
     # light up too; ISPY's late, low-contrast phases) but finds part of the tumours; learnability
-    # itself is what the demo's validation Dice shows (0.83 with the largest component)
+    # itself is what the demo's validation Dice shows. Per case the largest component is either
+    # the tumour (Dice ~0.7-0.9) or the heart's blood pool (0), so the mean of 12 cases has a
+    # standard error of ~0.1: the 0.30-0.65 target is met on the default 40 cases (0.305), the
+    # bound here leaves room for that spread.
     res = phantom.naive_threshold_dice(phantom.dataset_subtractions(ds))
-    assert 0.20 <= res["dice"] <= 0.65, res["candidates"]
+    assert 0.25 <= res["dice"] <= 0.65, res["candidates"]
     assert min(res["per_case"]) < 0.2 and max(res["per_case"]) > 0.7  # easy and hard cases
 
 

@@ -16,8 +16,9 @@ from data import phantom_anatomy as pa
 from data.phantom_body import paint_body
 from data.phantom_gland import paint_gland
 from data.phantom_look import draw_look
-from data.phantom_mr import RAYLEIGH_MEAN_OVER_STD, bias_field
+from data.phantom_mr import FLOW_CLIP, FLOW_DEPTH, RAYLEIGH_MEAN_OVER_STD, bias_field, flow_modulation
 from data.phantom_pv import TissueMix, coverage
+from data import phantom_render
 from data.phantom_render import _world_coords
 from data.phantom_vessels import vessel_coverage, vessel_segments
 
@@ -298,3 +299,49 @@ def test_parenchyma_texture_sees_structure_under_noise(nact, nact_quiet):
     # constant patches: then the quantised GLCM would be a few cells and the entropy near 0)
     assert clean["correlation"] > 0.6 and clean["entropy"] > 4.0
     assert noisy["correlation"] < clean["correlation"] and noisy["contrast"] > clean["contrast"]
+
+
+# ----------------------------------------------------------------------------- pulsatile flow
+def test_flow_modulation_is_smooth_bounded_and_confined_to_the_pool():
+    shape, spacing = (60, 50, 40), (1.0, 1.0, 2.0)
+    idx = np.indices(shape).astype(float)
+    r = np.sqrt(((idx[0] - 30) / 18) ** 2 + ((idx[1] - 25) / 15) ** 2 + ((idx[2] - 20) / 8) ** 2)
+    mask = r <= 1
+    box, f = flow_modulation(mask, spacing, np.random.default_rng(3))
+    full = np.ones(shape, np.float32)
+    full[box] = f
+    # 1 outside the pool (its wall fades in), bounded inside
+    assert np.all(full[~mask] == 1) and FLOW_CLIP[0] <= full.min() and full.max() <= FLOW_CLIP[1]
+    core = ndimage.binary_erosion(mask, iterations=3)
+    assert 0.6 * FLOW_DEPTH < full[core].std() < 1.4 * FLOW_DEPTH
+    assert abs(full[core].mean() - 1) < 0.15
+    # smooth: neighbours along x (1 mm) nearly equal against the field's spread, unlike noise
+    a, b = full[:-1][core[:-1] & core[1:]], full[1:][core[:-1] & core[1:]]
+    assert np.corrcoef(a, b)[0, 1] > 0.95
+    # the wall: the factor moves towards 1 at the pool's boundary voxels
+    wall = mask & ~ndimage.binary_erosion(mask)
+    assert np.abs(full[wall] - 1).mean() < 0.8 * np.abs(full[core] - 1).mean()
+    # every acquisition draws its own field; an empty pool gives nothing
+    _, f2 = flow_modulation(mask, spacing, np.random.default_rng(4))
+    assert np.abs(f2 - f).max() > 0.2
+    assert flow_modulation(np.zeros(shape, bool), spacing, np.random.default_rng(3)) is None
+
+
+def test_heart_subtraction_is_mottled_by_flow(monkeypatch):
+    spec = _quiet(phantom.draw_case(0, "DUKE", 0, "DUKE_001").spec)
+    r = pa.render_case(spec)
+    monkeypatch.setattr(phantom_render, "flow_modulation", lambda *a, **k: None)
+    still = pa.render_case(spec)                       # the same case without the flow model
+    assert r.stats["heart_voxels"] > 1000
+    assert np.array_equal(r.mask, still.mask) and np.array_equal(r.labels, still.labels)
+    pool = ndimage.binary_erosion(r.labels == L["blood"], iterations=2) & (r.labels == L["blood"])
+
+    def cv(x):
+        sub = x.phases[1][pool].astype(float) - x.phases[0][pool].astype(float)
+        return sub.std() / sub.mean()
+
+    # without flow a pool's subtraction varies by coil shading, texture and its time course only
+    assert cv(r) > 1.5 * cv(still), (cv(r), cv(still))
+    # each phase has its own field: phase 1 / phase 0 is no longer nearly constant over the pool
+    ratio = lambda x: x.phases[1][pool].astype(float) / np.maximum(x.phases[0][pool].astype(float), 1)
+    assert ratio(r).std() / ratio(r).mean() > 2 * ratio(still).std() / ratio(still).mean()

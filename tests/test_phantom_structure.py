@@ -1,5 +1,5 @@
-"""Anatomical structure of the synthetic breast DCE-MRI phantom (generator version 4): axillary
-lymph nodes, curvilinear fibroglandular tissue, irregular ribs with costal cartilage, the heart
+"""Anatomical structure of the synthetic breast DCE-MRI phantom (generator version 4 and later):
+axillary lymph nodes, curvilinear fibroglandular tissue, irregular ribs with costal cartilage, the heart
 behind the chest wall at both scales, and the appearance draws in the latents
 (data/phantom_axilla.py, phantom_gland.py, phantom_body.py, phantom_look.py, phantom_cases.py).
 
@@ -114,7 +114,7 @@ def test_look_values_are_in_the_latents(ispy1):
     rec = phantom.case_record(pc, r)["phantom_latent"]
     assert {"coil", "coil_depth", "fat_residual", "nipple_mm", "ducts", "chest_curve", "vessel_depth",
             "gland_detail", "nme", "n_nodes", "nodes_in_fov", "node_voxels"} <= set(rec)
-    assert rec["nodes_in_fov"] == r.stats["nodes_in_fov"] and phantom.PHANTOM_VERSION == 4
+    assert rec["nodes_in_fov"] == r.stats["nodes_in_fov"] and phantom.PHANTOM_VERSION == 5
 
 
 # ----------------------------------------------------------------------------- fibroglandular tissue
